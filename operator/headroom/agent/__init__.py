@@ -1,0 +1,1 @@
+"""Node agent: reclaim engine, standalone mode, plan intake, pod cgroup discovery, metrics."""
