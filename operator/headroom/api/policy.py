@@ -1,0 +1,248 @@
+"""Typed MemoryReclaimPolicy / ClusterMemoryReclaimPolicy parsed from raw dicts.
+
+``parse_policy`` checks everything the CRD schema and its CEL rules check (the
+operator must not trust that a server enforced them) plus what only the
+operator can judge: selector syntax, quantity values and minimums. A failure
+is a ``PolicyError`` with a condition reason and a message naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from headroom.api.pod import PodMemory
+from headroom.api.quantity import PAGE_SIZE, QuantityError, page_align_down, parse, parse_bytes
+from headroom.api.selector import LabelSelector, SelectorError, compile_selector
+
+NAMESPACED_KIND = "MemoryReclaimPolicy"
+CLUSTER_KIND = "ClusterMemoryReclaimPolicy"
+MODES = ("Watermark", "Pressure", "Off")
+# Below this memory.high a pod cannot do useful work: almost surely a unit mistake.
+MIN_MEMORY_HIGH = 1 << 20
+MIN_CPU_BUDGET_CORES = 0.001
+INT32_MAX = 2**31 - 1
+
+# Defaults, equal to headroom.agent.engine.ReclaimSettings (docs/architecture.md).
+DEFAULT_HEADROOM_PERCENT = 5
+DEFAULT_TARGET_PERCENT = 10
+DEFAULT_STEP_BYTES = 16 << 20
+DEFAULT_MAX_BYTES_PER_SECOND = 512 << 20
+DEFAULT_PRESSURE_TARGET_PERCENT = 0.1
+
+
+class PolicyError(ValueError):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, order=True)
+class PolicyRef:
+    """Identity of a policy. ``namespace`` is "" for ClusterMemoryReclaimPolicy."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def to_dict(self) -> dict[str, str]:
+        """The ``policy`` field of a plan pod entry (no namespace key for cluster policies)."""
+        if self.namespace:
+            return {"kind": self.kind, "namespace": self.namespace, "name": self.name}
+        return {"kind": self.kind, "name": self.name}
+
+
+@dataclass(frozen=True)
+class MemoryHigh:
+    """Exactly one of the three forms is set."""
+
+    bytes: int | None = None
+    limit_percent: Decimal | None = None
+    throttling_factor: Decimal | None = None
+
+    def for_pod(self, mem: PodMemory) -> tuple[int | None, str, str]:
+        """(bytes, "", "") or (None, reason, message) when the pod must be skipped."""
+        if self.bytes is not None:
+            value = self.bytes if mem.limit is None else min(self.bytes, mem.limit)
+        elif mem.limit is None:
+            form = "limitPercent" if self.limit_percent is not None else "throttlingFactor"
+            return None, "NoMemoryLimit", f"memoryHigh.{form} needs a pod memory limit"
+        elif self.limit_percent is not None:
+            value = math.floor(mem.limit * self.limit_percent / 100)
+        else:
+            assert self.throttling_factor is not None
+            request = min(mem.request, mem.limit)
+            value = math.floor(request + self.throttling_factor * (mem.limit - request))
+        value = page_align_down(value)
+        if value < MIN_MEMORY_HIGH:
+            return None, "BelowMinimum", (
+                f"resolved memory.high {value} bytes is below the minimum {MIN_MEMORY_HIGH}")
+        return value, "", ""
+
+
+@dataclass(frozen=True)
+class ReclaimSpec:
+    mode: str = "Watermark"
+    headroom_percent: int | float = DEFAULT_HEADROOM_PERCENT
+    target_percent: int | float = DEFAULT_TARGET_PERCENT
+    step_bytes: int = DEFAULT_STEP_BYTES
+    max_bytes_per_second: int = DEFAULT_MAX_BYTES_PER_SECOND
+    node_cpu_budget: float | None = None     # cores
+    swappiness: int | None = None
+    pressure_target_percent: int | float = DEFAULT_PRESSURE_TARGET_PERCENT
+
+    def to_plan(self) -> dict[str, Any]:
+        """The ``reclaim`` block of a plan pod entry (fixed key order)."""
+        out: dict[str, Any] = {
+            "mode": self.mode,
+            "headroomPercent": self.headroom_percent,
+            "targetPercent": self.target_percent,
+            "stepBytes": self.step_bytes,
+            "maxBytesPerSecond": self.max_bytes_per_second,
+        }
+        if self.swappiness is not None:
+            out["swappiness"] = self.swappiness
+        out["pressureTargetPercent"] = self.pressure_target_percent
+        return out
+
+
+@dataclass(frozen=True)
+class Policy:
+    ref: PolicyRef
+    generation: int | None
+    selector: LabelSelector
+    namespace_selector: LabelSelector | None   # cluster policies only
+    memory_high: MemoryHigh
+    reclaim: ReclaimSpec
+    priority: int
+    dry_run: bool
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.ref.kind == CLUSTER_KIND
+
+    def precedence(self) -> tuple[int, int]:
+        """Sorts first = wins: higher priority, then namespaced before cluster."""
+        return (-self.priority, 1 if self.is_cluster else 0)
+
+
+def policy_ref(obj: Mapping[str, Any], kind: str) -> PolicyRef:
+    meta = obj.get("metadata") or {}
+    ns = "" if kind == CLUSTER_KIND else str(meta.get("namespace") or "")
+    return PolicyRef(kind, ns, str(meta.get("name") or ""))
+
+
+def _number(spec: Mapping[str, Any], key: str, field: str, default: Any,
+            lo: float, hi: float, lo_open: bool = False, integer: bool = False) -> Any:
+    v = spec.get(key, default)
+    wrong_type = not isinstance(v, int if integer else int | float)
+    if isinstance(v, bool) or wrong_type:
+        kind = "an integer" if integer else "a number"
+        raise PolicyError("InvalidSpec", f"{field} must be {kind}, got {v!r}")
+    if (v <= lo if lo_open else v < lo) or v > hi:
+        left = "(" if lo_open else "["
+        raise PolicyError("InvalidSpec", f"{field} must be in {left}{lo}, {hi}], got {v}")
+    return v
+
+
+def _bytes(spec: Mapping[str, Any], key: str, field: str, default: int, minimum: int) -> int:
+    if key not in spec:
+        return default
+    try:
+        n = parse_bytes(spec[key])
+    except QuantityError as e:
+        raise PolicyError("InvalidQuantity", f"{field}: {e}") from None
+    if n < minimum:
+        raise PolicyError("InvalidQuantity", f"{field} must be at least {minimum} bytes, got {n}")
+    return n
+
+
+def _memory_high(raw: Any) -> MemoryHigh:
+    if not isinstance(raw, Mapping):
+        raise PolicyError("InvalidSpec", "spec.memoryHigh is required")
+    forms = [k for k in ("bytes", "limitPercent", "throttlingFactor") if raw.get(k) is not None]
+    if len(forms) != 1:
+        raise PolicyError("InvalidSpec", "spec.memoryHigh needs exactly one of bytes, "
+                          f"limitPercent, throttlingFactor (got {', '.join(forms) or 'none'})")
+    if forms[0] == "bytes":
+        n = page_align_down(_bytes(raw, "bytes", "spec.memoryHigh.bytes", 0, MIN_MEMORY_HIGH))
+        return MemoryHigh(bytes=n)
+    if forms[0] == "limitPercent":
+        p = _number(raw, "limitPercent", "spec.memoryHigh.limitPercent", None, 1, 100)
+        return MemoryHigh(limit_percent=Decimal(str(p)))
+    f = _number(raw, "throttlingFactor", "spec.memoryHigh.throttlingFactor", None, 0, 1, True)
+    return MemoryHigh(throttling_factor=Decimal(str(f)))
+
+
+def _reclaim(raw: Any) -> ReclaimSpec:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise PolicyError("InvalidSpec", "spec.reclaim must be an object")
+    mode = raw.get("mode", "Watermark")
+    if mode not in MODES:
+        raise PolicyError("InvalidSpec", f"spec.reclaim.mode must be one of {', '.join(MODES)}")
+    f = "spec.reclaim."
+    headroom = _number(raw, "headroomPercent", f + "headroomPercent", DEFAULT_HEADROOM_PERCENT,
+                       0, 100, lo_open=True)
+    target = _number(raw, "targetPercent", f + "targetPercent", DEFAULT_TARGET_PERCENT,
+                     0, 100, lo_open=True)
+    if not headroom < target < 100:
+        raise PolicyError("InvalidSpec", "spec.reclaim: need headroomPercent < targetPercent "
+                          f"< 100, got {headroom} and {target}")
+    budget: float | None = None
+    if raw.get("nodeCpuBudget") is not None:
+        try:
+            budget = float(parse(raw["nodeCpuBudget"]))
+        except QuantityError as e:
+            raise PolicyError("InvalidQuantity", f"{f}nodeCpuBudget: {e}") from None
+        if budget < MIN_CPU_BUDGET_CORES:
+            raise PolicyError("InvalidQuantity", f"{f}nodeCpuBudget must be at least 1m")
+    swappiness = None
+    if raw.get("swappiness") is not None:
+        swappiness = _number(raw, "swappiness", f + "swappiness", None, 0, 200, integer=True)
+    return ReclaimSpec(
+        mode=mode,
+        headroom_percent=headroom,
+        target_percent=target,
+        step_bytes=_bytes(raw, "stepSize", f + "stepSize", DEFAULT_STEP_BYTES, PAGE_SIZE),
+        max_bytes_per_second=_bytes(raw, "maxBytesPerSecond", f + "maxBytesPerSecond",
+                                    DEFAULT_MAX_BYTES_PER_SECOND, PAGE_SIZE),
+        node_cpu_budget=budget,
+        swappiness=swappiness,
+        pressure_target_percent=_number(raw, "pressureTargetPercent", f + "pressureTargetPercent",
+                                        DEFAULT_PRESSURE_TARGET_PERCENT, 0, 100, lo_open=True),
+    )
+
+
+def parse_policy(obj: Mapping[str, Any], kind: str) -> Policy:
+    """A raw policy object -> Policy. Raises PolicyError(reason, message)."""
+    ref = policy_ref(obj, kind)
+    spec = obj.get("spec")
+    if not isinstance(spec, Mapping):
+        raise PolicyError("InvalidSpec", "spec is required")
+    try:
+        selector = compile_selector(spec.get("selector"), "spec.selector")
+        ns_selector = (compile_selector(spec.get("namespaceSelector"), "spec.namespaceSelector")
+                       if kind == CLUSTER_KIND else None)
+    except SelectorError as e:
+        raise PolicyError("InvalidSelector", str(e)) from None
+    generation = (obj.get("metadata") or {}).get("generation")
+    dry_run = spec.get("dryRun", False)
+    if not isinstance(dry_run, bool):
+        raise PolicyError("InvalidSpec", f"spec.dryRun must be a boolean, got {dry_run!r}")
+    return Policy(
+        ref=ref,
+        generation=generation if isinstance(generation, int) else None,
+        selector=selector,
+        namespace_selector=ns_selector,
+        memory_high=_memory_high(spec.get("memoryHigh")),
+        reclaim=_reclaim(spec.get("reclaim")),
+        priority=_number(spec, "priority", "spec.priority", 0, -INT32_MAX - 1, INT32_MAX,
+                         integer=True),
+        dry_run=dry_run,
+    )
