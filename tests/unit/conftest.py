@@ -1,0 +1,229 @@
+"""Fixtures shared by the unit tests: a fake cgroup v2 tree and a fake "kernel".
+
+`cgroup_tree` is a temporary directory shaped like a cgroup v2 mount
+(cgroup.controllers at the root; memory.current/high/max/stat/events/
+events.local/pressure/reclaim in every cgroup made with `add`). The real file
+layer (headroom.cgroup) reads and writes it as it would /sys/fs/cgroup.
+
+`fake_kernel` is a `CgroupRoot` over that tree whose cgroups behave like the
+kernel where plain files cannot:
+* writing memory.reclaim lowers memory.current down to a per-cgroup floor of
+  unreclaimable memory, raising PartialReclaim (EAGAIN) when it falls short;
+* `grow(rel, n)` charges memory: above memory.high it counts a `high` event,
+  adds PSI stall time and clamps usage at memory.high (the workload throttled);
+* PSI triggers and memory.events watches are pipes; `fire(rel)` wakes them;
+* `swappiness_supported = False` makes `swappiness=` fail with EINVAL.
+
+    def test_x(fake_kernel):
+        fake_kernel.tree.add("a", current=100 << 20, high=None)
+        fake_kernel.grow("a", 1 << 20)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import select
+import shutil
+import threading
+
+import pytest
+from headroom.cgroup import Cgroup, CgroupGone, CgroupRoot, PartialReclaim, UnsupportedKey
+
+EVENT_KEYS = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
+
+
+def _pressure_text(some_us: int = 0, full_us: int = 0) -> str:
+    return (f"some avg10=0.00 avg60=0.00 avg300=0.00 total={some_us}\n"
+            f"full avg10=0.00 avg60=0.00 avg300=0.00 total={full_us}\n")
+
+
+def _events_text(events: dict[str, int]) -> str:
+    return "".join(f"{k} {events.get(k, 0)}\n" for k in EVENT_KEYS)
+
+
+class FakeTree:
+    """A cgroup-v2-shaped directory tree in a tmp dir."""
+
+    def __init__(self, root: pathlib.Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+        (root / "cgroup.subtree_control").write_text("memory\n")
+        for name in ("memory.stat", "memory.pressure"):
+            (root / name).write_text("")
+        (root / "memory.pressure").write_text(_pressure_text())
+
+    def path(self, rel: str) -> pathlib.Path:
+        return self.root / rel
+
+    def add(self, rel: str, *, current: int = 0, high: int | None = None,
+            max: int | None = None, reclaim_file: bool = True) -> pathlib.Path:
+        d = self.path(rel)
+        d.mkdir(parents=True, exist_ok=True)
+        files = {
+            "cgroup.controllers": "memory\n",
+            "memory.current": f"{current}\n",
+            "memory.high": "max\n" if high is None else f"{high}\n",
+            "memory.max": "max\n" if max is None else f"{max}\n",
+            "memory.stat": f"anon 0\nfile {current}\npgscan_direct 0\npgsteal_direct 0\n",
+            "memory.events": _events_text({}),
+            "memory.events.local": _events_text({}),
+            "memory.pressure": _pressure_text(),
+        }
+        if reclaim_file:
+            files["memory.reclaim"] = ""
+        for name, text in files.items():
+            (d / name).write_text(text)
+        return d
+
+    def remove(self, rel: str) -> None:
+        shutil.rmtree(self.path(rel))
+
+    def read(self, rel: str, name: str) -> str:
+        return self.path(rel).joinpath(name).read_text()
+
+    def write(self, rel: str, name: str, text: str) -> None:
+        self.path(rel).joinpath(name).write_text(text)
+
+    def current(self, rel: str) -> int:
+        return int(self.read(rel, "memory.current"))
+
+    def high(self, rel: str) -> str:
+        return self.read(rel, "memory.high").strip()
+
+    def events(self, rel: str) -> dict[str, int]:
+        return {k: int(v) for k, v in (ln.split() for ln in self.read(rel, "memory.events")
+                                       .splitlines())}
+
+    def set_events(self, rel: str, **counts: int) -> None:
+        ev = self.events(rel)
+        ev.update(counts)
+        self.write(rel, "memory.events", _events_text(ev))
+
+    def set_pressure(self, rel: str, some_us: int, full_us: int = 0) -> None:
+        self.write(rel, "memory.pressure", _pressure_text(some_us, full_us))
+
+    def some_us(self, rel: str) -> int:
+        first = self.read(rel, "memory.pressure").splitlines()[0]
+        return int(first.rsplit("total=", 1)[1])
+
+    def contents(self) -> dict[str, tuple[bytes, int]]:
+        """Every file's bytes and mtime: compare before/after to prove nothing was written."""
+        return {str(p.relative_to(self.root)): (p.read_bytes(), p.stat().st_mtime_ns)
+                for p in sorted(self.root.rglob("*")) if p.is_file()}
+
+
+class PipeWatch:
+    """Stands in for a PSI trigger / memory.events fd: readable when fired."""
+
+    poll_events = select.EPOLLIN
+
+    def __init__(self, kernel: FakeKernel, rel: str, kind: str):
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        self.kernel, self.rel, self.kind = kernel, rel, kind
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._r
+
+    def fire(self) -> None:
+        os.write(self._w, b"x")
+
+    def acknowledge(self) -> dict[str, int] | None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._r, 4096)
+        if self.kind == "events":
+            try:
+                return self.kernel.tree.events(self.rel)
+            except FileNotFoundError as e:
+                raise CgroupGone(self.rel, "gone") from e
+        return None
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._r)
+            os.close(self._w)
+            self.closed = True
+
+
+class FakeCgroup(Cgroup):
+    root: FakeKernel
+
+    def reclaim(self, nbytes: int, swappiness: int | None = None) -> None:
+        super().reclaim(nbytes, swappiness)  # the real write (validates, raises CgroupGone)
+        self.root.simulate_reclaim(self, nbytes, swappiness)
+
+    def psi_trigger(self, stall_us: int, window_us: int) -> PipeWatch:
+        if not self.exists():
+            raise CgroupGone(self.file("memory.pressure"), "gone")
+        return self.root.new_watch(self.rel, "psi")
+
+    def events_watch(self) -> PipeWatch:
+        if not self.exists():
+            raise CgroupGone(self.file("memory.events"), "gone")
+        return self.root.new_watch(self.rel, "events")
+
+
+class FakeKernel(CgroupRoot):
+    """The kernel side of memory.reclaim / memory.high, simulated on a FakeTree."""
+
+    def __init__(self, tree: FakeTree):
+        super().__init__(tree.root, allow_fake=True)
+        self.tree = tree
+        self.swappiness_supported = True
+        self.floor: dict[str, int] = {}  # rel -> unreclaimable bytes
+        self.reclaim_calls: list[tuple[str, int, int | None]] = []
+        self.watches: list[PipeWatch] = []
+        self.lock = threading.Lock()
+
+    def _make(self, path: pathlib.Path) -> FakeCgroup:
+        return FakeCgroup(self, path)
+
+    def new_watch(self, rel: str, kind: str) -> PipeWatch:
+        w = PipeWatch(self, rel, kind)
+        self.watches.append(w)
+        return w
+
+    def simulate_reclaim(self, cg: Cgroup, nbytes: int, swappiness: int | None) -> None:
+        rel = cg.rel
+        with self.lock:
+            self.reclaim_calls.append((rel, nbytes, swappiness))
+            if swappiness is not None and not self.swappiness_supported:
+                raise UnsupportedKey(cg.file("memory.reclaim"), "write failed (EINVAL)")
+            current = self.tree.current(rel)
+            freed = max(0, min(nbytes, current - self.floor.get(rel, 0)))
+            self.tree.write(rel, "memory.current", f"{current - freed}\n")
+        if freed < nbytes:
+            raise PartialReclaim(cg.file("memory.reclaim"), "write failed (EAGAIN)")
+
+    def grow(self, rel: str, nbytes: int) -> None:
+        """The workload charges nbytes; over memory.high it is throttled (a high event)."""
+        with self.lock:
+            current = self.tree.current(rel) + nbytes
+            high = self.tree.high(rel)
+            if high != "max" and current > int(high):
+                current = int(high)
+                self.tree.set_events(rel, high=self.tree.events(rel)["high"] + 1)
+                self.tree.set_pressure(rel, self.tree.some_us(rel) + 1000)
+            self.tree.write(rel, "memory.current", f"{current}\n")
+
+    def fire(self, rel: str, kind: str | None = None) -> None:
+        for w in self.watches:
+            if w.rel == rel and not w.closed and kind in (None, w.kind):
+                w.fire()
+
+    def open_watches(self) -> list[PipeWatch]:
+        return [w for w in self.watches if not w.closed]
+
+
+@pytest.fixture
+def cgroup_tree(tmp_path: pathlib.Path) -> FakeTree:
+    return FakeTree(tmp_path / "cgroup")
+
+
+@pytest.fixture
+def fake_kernel(cgroup_tree: FakeTree) -> FakeKernel:
+    return FakeKernel(cgroup_tree)
