@@ -184,6 +184,8 @@ def _reclaim(raw: Any) -> ReclaimSpec:
     if not isinstance(raw, Mapping):
         raise PolicyError("InvalidSpec", "spec.reclaim must be an object")
     mode = raw.get("mode", "Watermark")
+    if mode is False:  # YAML 1.1 reads an unquoted Off as false
+        raise PolicyError("InvalidSpec", 'spec.reclaim.mode is false: write "Off" in quotes')
     if mode not in MODES:
         raise PolicyError("InvalidSpec", f"spec.reclaim.mode must be one of {', '.join(MODES)}")
     f = "spec.reclaim."
