@@ -1,0 +1,148 @@
+"""Prometheus metrics of the agent, for both standalone and cluster mode.
+
+Per-target series come from the engine's snapshot at scrape time (a custom collector),
+so they need no bookkeeping and vanish when a target leaves. Every per-target series has
+the labels ``namespace``, ``pod`` (empty in standalone mode unless the config names them)
+and ``target`` (the engine key: the pod uid in cluster mode, the cgroup path relative to
+the root in standalone mode).
+
+    metrics = AgentMetrics()
+    metrics.watch_engine(engine, labels_of=lambda key: targets[key].labels)
+    metrics.serve(9808, "0.0.0.0")
+
+The list of metrics and their meaning is in docs/agent.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+TARGET_LABELS = ("namespace", "pod", "target")
+
+
+@dataclass(frozen=True)
+class TargetSample:
+    key: str
+    labels: Mapping[str, str]
+    stats: Any                     # engine.TargetStats
+    drift_corrections: int = 0
+
+
+# (metric name, help, TargetStats attribute, counter?)
+_PER_TARGET: tuple[tuple[str, str, str, bool], ...] = (
+    ("headroom_reclaimed_bytes", "Bytes reclaimed from the target by memory.reclaim.",
+     "reclaimed_bytes", True),
+    ("headroom_reclaim_cpu_seconds", "Agent CPU time spent reclaiming for the target.",
+     "reclaim_cpu_seconds", True),
+    ("headroom_reclaim_writes", "Writes to the target's memory.reclaim.", "reclaim_writes", True),
+    ("headroom_reclaim_eagain", "memory.reclaim writes answered EAGAIN (partial success).",
+     "eagain_count", True),
+    ("headroom_memory_high_bytes", "memory.high in effect on the target, bytes.",
+     "memory_high", False),
+    ("headroom_memory_usage_bytes", "memory.current of the target, bytes.", "usage_bytes", False),
+    ("headroom_memory_high_events", "memory.events high count since the agent took the "
+     "target over: times it went over memory.high.", "high_events", True),
+    ("headroom_memory_pressure_stall_seconds", "Memory PSI 'some' stall time of the target "
+     "since the agent took it over.", "psi_some_seconds", True),
+    ("headroom_engine_lateness_seconds", "How late the target's last check ran against its "
+     "schedule.", "lateness_seconds", False),
+)
+
+
+def _label_values(sample: TargetSample) -> list[str]:
+    return [sample.labels.get("namespace", ""), sample.labels.get("pod", ""), sample.key]
+
+
+class _TargetCollector(Collector):
+    def __init__(self, owner: AgentMetrics) -> None:
+        self.owner = owner
+
+    def collect(self) -> Iterator[Metric]:
+        samples = list(self.owner.samples())
+        for name, doc, attr, is_counter in _PER_TARGET:
+            family: CounterMetricFamily | GaugeMetricFamily = (
+                CounterMetricFamily(name, doc, labels=TARGET_LABELS) if is_counter
+                else GaugeMetricFamily(name, doc, labels=TARGET_LABELS))
+            for s in samples:
+                value = getattr(s.stats, attr, None)
+                if value is not None:
+                    family.add_metric(_label_values(s), float(value))
+            yield family
+        drift = CounterMetricFamily(
+            "headroom_memory_high_drift_corrections",
+            "Times memory.high was found changed by someone else and put back.",
+            labels=TARGET_LABELS)
+        applied = GaugeMetricFamily(
+            "headroom_target_applied", "1 when the target's settings are applied, else 0.",
+            labels=(*TARGET_LABELS, "reason"))
+        for s in samples:
+            drift.add_metric(_label_values(s), float(s.drift_corrections))
+            applied.add_metric([*_label_values(s), str(getattr(s.stats, "reason", ""))],
+                               1.0 if getattr(s.stats, "applied", False) else 0.0)
+        yield drift
+        yield applied
+        caps = self.owner.capabilities()
+        if caps is not None and is_dataclass(caps):
+            family = GaugeMetricFamily("headroom_capability",
+                                       "Kernel capability probed by the agent (1 or 0).",
+                                       labels=("capability",))
+            for f in fields(caps):
+                value = getattr(caps, f.name)
+                if value is not None:
+                    family.add_metric([f.name], 1.0 if value else 0.0)
+            yield family
+
+
+class AgentMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self._samples: Callable[[], Iterable[TargetSample]] = list
+        self._capabilities: Callable[[], Any] = lambda: None
+        self.registry.register(_TargetCollector(self))
+        self.status_writes = Counter("headroom_status_writes", "Plan status writes by result.",
+                                     ["result"], registry=self.registry)
+        self.events = Counter("headroom_events", "Kubernetes Events posted, by reason.",
+                              ["reason"], registry=self.registry)
+        self.plan_watch_connected = Gauge("headroom_plan_watch_connected",
+                                          "1 while the plan watch is connected.",
+                                          registry=self.registry)
+
+    def samples(self) -> Iterable[TargetSample]:
+        return self._samples()
+
+    def capabilities(self) -> Any:
+        return self._capabilities()
+
+    def watch(self, samples: Callable[[], Iterable[TargetSample]],
+              capabilities: Callable[[], Any] | None = None) -> None:
+        """Where per-target samples come from at each scrape."""
+        self._samples = samples
+        if capabilities is not None:
+            self._capabilities = capabilities
+
+    def watch_engine(self, engine: Any, labels_of: Callable[[str], Mapping[str, str]],
+                     drift_of: Callable[[str], int] | None = None) -> None:
+        """The common case: samples from engine.snapshot(), labels per engine key."""
+        def samples() -> list[TargetSample]:
+            return [TargetSample(key, labels_of(key), stats, drift_of(key) if drift_of else 0)
+                    for key, stats in sorted(engine.snapshot().items())]
+        self.watch(samples, lambda: getattr(engine, "capabilities", None))
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> Any:
+        """Starts the HTTP endpoint (/metrics) in a daemon thread; returns the server
+        (``server.server_port`` is the bound port; pass -1 for any free port), or None
+        when port is 0 (disabled)."""
+        if not port:
+            return None
+        from prometheus_client import start_http_server
+        server, _thread = start_http_server(max(port, 0), address, registry=self.registry)
+        return server
