@@ -29,6 +29,7 @@ class Stats:
     last_error: str | None = None
     memory_high: int | None = 256 << 20
     usage_bytes: int = 250 << 20
+    drift_corrections: int = 0
 
 
 class Clock:
@@ -41,27 +42,27 @@ class Clock:
 
 def test_high_events_growth_is_an_incident() -> None:
     got = find_incidents({POD.uid: Stats(high_events=1)}, {POD.uid: Stats(high_events=4)},
-                         {POD.uid: POD}, {}, {})
+                         {POD.uid: POD})
     assert [i.reason for i in got] == ["MemoryHighReached"]
     assert "3 time(s)" in got[0].message and "256Mi" in got[0].message
 
 
 def test_no_change_no_incident() -> None:
-    s = {POD.uid: Stats(high_events=4, last_error="EBUSY")}
-    assert find_incidents(s, s, {POD.uid: POD}, {POD.uid: 1}, {POD.uid: 1}) == []
+    s = {POD.uid: Stats(high_events=4, last_error="EBUSY", drift_corrections=1)}
+    assert find_incidents(s, s, {POD.uid: POD}) == []
 
 
 def test_new_error_and_drift_are_incidents() -> None:
     got = find_incidents({POD.uid: Stats()},
-                         {POD.uid: Stats(last_error="memory.reclaim: EIO")},
-                         {POD.uid: POD}, {}, {POD.uid: 2})
+                         {POD.uid: Stats(last_error="memory.reclaim: EIO", drift_corrections=2)},
+                         {POD.uid: POD})
     assert [i.reason for i in got] == ["ReclaimFailed", "MemoryHighDrift"]
     assert "EIO" in got[0].message and "2 time(s)" in got[1].message
 
 
 def test_pod_seen_first_counts_from_takeover_and_unknown_keys_are_ignored() -> None:
     got = find_incidents({}, {POD.uid: Stats(high_events=2), "not-a-pod": Stats(high_events=9)},
-                         {POD.uid: POD}, {}, {})
+                         {POD.uid: POD})
     assert [(i.pod, i.reason) for i in got] == [(POD, "MemoryHighReached")]
 
 

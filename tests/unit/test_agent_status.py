@@ -28,19 +28,19 @@ class Stats:
     reclaim_cpu_seconds: float = 0.0
     high_events: int = 0
     last_error: str | None = None
+    drift_corrections: int = 0
 
 
-def status(snapshot: dict[str, Stats], problems: dict[str, PodProblem] | None = None,
-           drift: dict[str, int] | None = None) -> dict:
+def status(snapshot: dict[str, Stats], problems: dict[str, PodProblem] | None = None) -> dict:
     return build_status(generation=3, pods=[B, A], snapshot=snapshot, problems=problems or {},
-                        capabilities=CAPS, driver="systemd", agent_version="0.1.0",
-                        drift_corrections=drift)
+                        capabilities=CAPS, driver="systemd", agent_version="0.1.0")
 
 
 def test_status_content_per_contract() -> None:
     s = status({A.uid: Stats(usage_bytes=250_000_000, reclaimed_bytes=123,
-                             reclaim_cpu_seconds=0.4219, high_events=2)},
-               {B.uid: PodProblem("CgroupNotFound", "no such dir")}, {A.uid: 1})
+                             reclaim_cpu_seconds=0.4219, high_events=2,
+                             drift_corrections=1)},
+               {B.uid: PodProblem("CgroupNotFound", "no such dir")})
     assert s["observedGeneration"] == 3
     assert s["cgroupDriver"] == "systemd"
     assert s["capabilities"] == CAPS

@@ -25,6 +25,7 @@ class Stats:
     high_events: int = 2
     psi_some_seconds: float = 0.5
     lateness_seconds: float = 0.004
+    drift_corrections: int = 5
     last_error: str | None = None
 
 
@@ -52,8 +53,7 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 def metrics() -> tuple[AgentMetrics, FakeEngine]:
     m = AgentMetrics()
     engine = FakeEngine()
-    m.watch_engine(engine, labels_of=lambda key: LABELS.get(key, {}),
-                   drift_of=lambda key: 5 if key == UID else 0)
+    m.watch_engine(engine, labels_of=lambda key: LABELS.get(key, {}))
     return m, engine
 
 

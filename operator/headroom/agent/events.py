@@ -47,9 +47,7 @@ def _mib(n: int | None) -> str:
 
 
 def find_incidents(prev: Mapping[str, Any], cur: Mapping[str, Any],
-                   pods: Mapping[str, PodRef],
-                   prev_drift: Mapping[str, int], cur_drift: Mapping[str, int]
-                   ) -> list[Incident]:
+                   pods: Mapping[str, PodRef]) -> list[Incident]:
     """Incidents between two snapshots (engine key = pod uid). Pods seen for the first
     time only count what happened since the agent took them over (stats start at 0)."""
     out: list[Incident] = []
@@ -68,7 +66,7 @@ def find_incidents(prev: Mapping[str, Any], cur: Mapping[str, Any],
         err = stats.last_error or ""
         if err and err != ((before.last_error or "") if before is not None else ""):
             out.append(Incident(pod, "ReclaimFailed", f"headroom agent: {err}"))
-        drift = cur_drift.get(uid, 0) - prev_drift.get(uid, 0)
+        drift = stats.drift_corrections - (before.drift_corrections if before is not None else 0)
         if drift > 0:
             out.append(Incident(pod, "MemoryHighDrift",
                                 f"memory.high was changed by something else {drift} time(s); "

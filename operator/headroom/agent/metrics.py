@@ -31,7 +31,6 @@ class TargetSample:
     key: str
     labels: Mapping[str, str]
     stats: Any                     # engine.TargetStats
-    drift_corrections: int = 0
 
 
 # (metric name, help, TargetStats attribute, counter?)
@@ -52,6 +51,8 @@ _PER_TARGET: tuple[tuple[str, str, str, bool], ...] = (
      "since the agent took it over.", "psi_some_seconds", True),
     ("headroom_engine_lateness_seconds", "How late the target's last check ran against its "
      "schedule.", "lateness_seconds", False),
+    ("headroom_memory_high_drift_corrections", "Times memory.high was found changed by "
+     "someone else and put back.", "drift_corrections", True),
 )
 
 
@@ -74,18 +75,12 @@ class _TargetCollector(Collector):
                 if value is not None:
                     family.add_metric(_label_values(s), float(value))
             yield family
-        drift = CounterMetricFamily(
-            "headroom_memory_high_drift_corrections",
-            "Times memory.high was found changed by someone else and put back.",
-            labels=TARGET_LABELS)
         applied = GaugeMetricFamily(
             "headroom_target_applied", "1 when the target's settings are applied, else 0.",
             labels=(*TARGET_LABELS, "reason"))
         for s in samples:
-            drift.add_metric(_label_values(s), float(s.drift_corrections))
             applied.add_metric([*_label_values(s), str(getattr(s.stats, "reason", ""))],
                                1.0 if getattr(s.stats, "applied", False) else 0.0)
-        yield drift
         yield applied
         caps = self.owner.capabilities()
         if caps is not None and is_dataclass(caps):
@@ -126,11 +121,10 @@ class AgentMetrics:
         if capabilities is not None:
             self._capabilities = capabilities
 
-    def watch_engine(self, engine: Any, labels_of: Callable[[str], Mapping[str, str]],
-                     drift_of: Callable[[str], int] | None = None) -> None:
+    def watch_engine(self, engine: Any, labels_of: Callable[[str], Mapping[str, str]]) -> None:
         """The common case: samples from engine.snapshot(), labels per engine key."""
         def samples() -> list[TargetSample]:
-            return [TargetSample(key, labels_of(key), stats, drift_of(key) if drift_of else 0)
+            return [TargetSample(key, labels_of(key), stats)
                     for key, stats in sorted(engine.snapshot().items())]
         self.watch(samples, lambda: getattr(engine, "capabilities", None))
 

@@ -41,6 +41,7 @@ class StatsLike(Protocol):
     reclaim_cpu_seconds: float
     high_events: int
     last_error: str | None
+    drift_corrections: int
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,8 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def pod_status(pod: PodEntry, stats: StatsLike | None, problem: PodProblem | None,
-               drift_corrections: int = 0) -> dict[str, Any]:
+def pod_status(pod: PodEntry, stats: StatsLike | None,
+               problem: PodProblem | None) -> dict[str, Any]:
     out: dict[str, Any] = {"uid": pod.uid, "namespace": pod.namespace, "name": pod.name}
     if stats is None:
         problem = problem or PodProblem("Pending", "not yet taken over by the engine")
@@ -83,8 +84,8 @@ def pod_status(pod: PodEntry, stats: StatsLike | None, problem: PodProblem | Non
     )
     if stats.memory_high is not None:
         out["memoryHigh"] = int(stats.memory_high)
-    if drift_corrections:
-        out["driftCorrections"] = drift_corrections
+    if stats.drift_corrections:
+        out["driftCorrections"] = int(stats.drift_corrections)
     return out
 
 
@@ -97,12 +98,10 @@ def build_status(
     capabilities: Mapping[str, bool],
     driver: str | None,
     agent_version: str,
-    drift_corrections: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The status body, without heartbeat (added when written). Pods sorted by uid."""
-    drift = drift_corrections or {}
     per_pod = [
-        pod_status(p, snapshot.get(p.uid), problems.get(p.uid), drift.get(p.uid, 0))
+        pod_status(p, snapshot.get(p.uid), problems.get(p.uid))
         for p in sorted(pods, key=lambda p: p.uid)
     ]
     status: dict[str, Any] = {
