@@ -11,7 +11,8 @@ finally `helm uninstall` and check memory.high is back to what it was.
 
 Skips (with the reason) where docker or kind is missing or the Docker daemon is
 unreachable, as on the development machines. HEADROOM_E2E_KEEP=1 keeps the
-cluster for inspection; HEADROOM_KIND_NODE_IMAGE picks the node image.
+cluster for inspection; HEADROOM_KIND_NODE_IMAGE picks the node image;
+HEADROOM_E2E_REQUIRED=1 (set by .github/workflows/e2e.yml) turns the skip into a failure.
 """
 
 from __future__ import annotations
@@ -238,6 +239,8 @@ def kind_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kind]:
     reason = skip_reason(shutil.which, lambda cmd: subprocess.run(
         cmd, capture_output=True, text=True, timeout=20, check=False))
     if reason:
+        if os.environ.get("HEADROOM_E2E_REQUIRED") == "1":  # CI: never skip silently
+            pytest.fail(reason)
         pytest.skip(reason)
     tmp = tmp_path_factory.mktemp("kind")
     env = tool_env(tmp)
