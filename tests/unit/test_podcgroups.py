@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import FakeTree
 from fake_kubepods import make_kubepods, make_pod
 from headroom.agent.podcgroups import (
     Driver,
@@ -59,10 +60,10 @@ def test_rejects_unknown_qos_class() -> None:
 
 @pytest.mark.parametrize("driver", list(Driver))
 @pytest.mark.parametrize("qos", ["Guaranteed", "Burstable", "BestEffort"])
-def test_auto_detection_finds_pods(tmp_path: Path, driver: Driver, qos: str) -> None:
-    make_kubepods(tmp_path, driver)
-    pod = make_pod(tmp_path, driver, UID, qos)
-    resolver = make_resolver(tmp_path, "auto")
+def test_auto_detection_finds_pods(cgroup_tree: FakeTree, driver: Driver, qos: str) -> None:
+    make_kubepods(cgroup_tree, driver)
+    pod = make_pod(cgroup_tree, driver, UID, qos)
+    resolver = make_resolver(cgroup_tree.root, "auto")
     assert resolver.current_driver() is driver
     assert resolver.find(UID, qos) == pod
 
@@ -80,27 +81,27 @@ def test_bad_uid_reported_even_without_kubepods(tmp_path: Path) -> None:
     assert e.value.reason == "InvalidUid"
 
 
-def test_missing_pod_is_cgroup_not_found_then_found_once_created(tmp_path: Path) -> None:
-    make_kubepods(tmp_path, Driver.CGROUPFS)
-    resolver = make_resolver(tmp_path)
+def test_missing_pod_is_cgroup_not_found_then_found_once_created(cgroup_tree: FakeTree) -> None:
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    resolver = make_resolver(cgroup_tree.root)
     with pytest.raises(PodCgroupError) as e:
         resolver.find(UID, "BestEffort")
     assert e.value.reason == "CgroupNotFound"
-    make_pod(tmp_path, Driver.CGROUPFS, UID, "BestEffort")
+    make_pod(cgroup_tree, Driver.CGROUPFS, UID, "BestEffort")
     assert resolver.find(UID, "BestEffort").name == f"pod{UID}"
 
 
-def test_explicit_driver_does_not_look_at_the_other_layout(tmp_path: Path) -> None:
-    make_kubepods(tmp_path, Driver.CGROUPFS)
-    make_pod(tmp_path, Driver.CGROUPFS, UID, "Burstable")
+def test_explicit_driver_does_not_look_at_the_other_layout(cgroup_tree: FakeTree) -> None:
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    make_pod(cgroup_tree, Driver.CGROUPFS, UID, "Burstable")
     with pytest.raises(PodCgroupError) as e:
-        make_resolver(tmp_path, "systemd").find(UID, "Burstable")
+        make_resolver(cgroup_tree.root, "systemd").find(UID, "Burstable")
     assert e.value.reason == "CgroupNotFound"
 
 
-def test_symlinked_pod_dir_is_refused(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    make_kubepods(root, Driver.CGROUPFS)
+def test_symlinked_pod_dir_is_refused(tmp_path: Path, cgroup_tree: FakeTree) -> None:
+    root = cgroup_tree.root
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     os.symlink(outside, root / "kubepods" / "burstable" / f"pod{UID}")
@@ -112,10 +113,10 @@ def test_symlinked_pod_dir_is_refused(tmp_path: Path) -> None:
 def test_symlinked_parent_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
-    elsewhere = tmp_path / "elsewhere"
+    elsewhere = FakeTree(tmp_path / "elsewhere")
     make_kubepods(elsewhere, Driver.SYSTEMD)
     make_pod(elsewhere, Driver.SYSTEMD, UID, "Guaranteed")
-    os.symlink(elsewhere / "kubepods.slice", root / "kubepods.slice")
+    os.symlink(elsewhere.root / "kubepods.slice", root / "kubepods.slice")
     # a symlinked kubepods does not count as a driver's hierarchy ...
     assert detect_driver(root) is None
     # ... nor is it followed when the driver is given.
@@ -124,18 +125,18 @@ def test_symlinked_parent_is_refused(tmp_path: Path) -> None:
     assert e.value.reason == "UnsafePath"
 
 
-def test_file_in_place_of_directory_is_refused(tmp_path: Path) -> None:
-    make_kubepods(tmp_path, Driver.CGROUPFS)
-    (tmp_path / "kubepods" / f"pod{UID}").write_text("")
+def test_file_in_place_of_directory_is_refused(cgroup_tree: FakeTree) -> None:
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    (cgroup_tree.root / "kubepods" / f"pod{UID}").write_text("")
     with pytest.raises(PodCgroupError) as e:
-        make_resolver(tmp_path).find(UID, "Guaranteed")
+        make_resolver(cgroup_tree.root).find(UID, "Guaranteed")
     assert e.value.reason == "UnsafePath"
 
 
-def test_only_pod_level_dirs_are_returned(tmp_path: Path) -> None:
-    make_kubepods(tmp_path, Driver.SYSTEMD)
-    make_pod(tmp_path, Driver.SYSTEMD, UID, "Burstable")
-    found = make_resolver(tmp_path).find(UID, "Burstable")
-    assert found != tmp_path
+def test_only_pod_level_dirs_are_returned(cgroup_tree: FakeTree) -> None:
+    make_kubepods(cgroup_tree, Driver.SYSTEMD)
+    make_pod(cgroup_tree, Driver.SYSTEMD, UID, "Burstable")
+    found = make_resolver(cgroup_tree.root).find(UID, "Burstable")
+    assert found != cgroup_tree.root
     assert found.name.startswith("kubepods-burstable-pod")
     assert found.parent.name == "kubepods-burstable.slice"
