@@ -30,6 +30,7 @@ class Stats:
     memory_high: int | None = 256 << 20
     usage_bytes: int = 250 << 20
     drift_corrections: int = 0
+    eagain_count: int = 0
 
 
 class Clock:
@@ -58,6 +59,13 @@ def test_new_error_and_drift_are_incidents() -> None:
                          {POD.uid: POD})
     assert [i.reason for i in got] == ["ReclaimFailed", "MemoryHighDrift"]
     assert "EIO" in got[0].message and "2 time(s)" in got[1].message
+
+
+def test_eagain_is_not_a_reclaim_failure() -> None:
+    got = find_incidents({POD.uid: Stats()},
+                         {POD.uid: Stats(last_error="write failed (EAGAIN)", eagain_count=1)},
+                         {POD.uid: POD})
+    assert got == []
 
 
 def test_pod_seen_first_counts_from_takeover_and_unknown_keys_are_ignored() -> None:

@@ -13,8 +13,8 @@ from headroom.agent.status import (
     significant_part,
 )
 
-A = PodEntry("aaaaaaaa-0000-4000-8000-000000000001", "default", "web-0", 256 << 20)
-B = PodEntry("bbbbbbbb-0000-4000-8000-000000000002", "default", "web-1", 512 << 20)
+A = PodEntry("aaaaaaaa-0000-4000-8000-000000000001", "default", "web-0")
+B = PodEntry("bbbbbbbb-0000-4000-8000-000000000002", "default", "web-1")
 CAPS = {"memoryReclaim": True, "swappinessKey": False, "psi": True}
 
 

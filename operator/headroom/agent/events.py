@@ -4,7 +4,8 @@ Incidents are found by comparing two engine snapshots (pure ``find_incidents``):
 
 * ``MemoryHighReached``: the pod went over memory.high (memory.events ``high`` grew)
   although the agent reclaims for it: a stall the agent failed to prevent;
-* ``ReclaimFailed``: the engine reports a new error for the pod;
+* ``ReclaimFailed``: the engine reports a new error for the pod (EAGAIN, a partial
+  reclaim, is not one);
 * ``MemoryHighDrift``: something else changed the pod's memory.high; the agent put its
   value back.
 
@@ -63,8 +64,11 @@ def find_incidents(prev: Mapping[str, Any], cur: Mapping[str, Any],
                                 f"went over memory.high {_mib(stats.memory_high)} {n} time(s) "
                                 f"despite background reclaim (usage {_mib(stats.usage_bytes)}); "
                                 "the pod was throttled"))
+        # A new error, unless it is EAGAIN (partial reclaim, normal; stalls that follow
+        # from it show up as MemoryHighReached).
         err = stats.last_error or ""
-        if err and err != ((before.last_error or "") if before is not None else ""):
+        eagain = stats.eagain_count > (before.eagain_count if before is not None else 0)
+        if err and not eagain and err != ((before.last_error or "") if before else ""):
             out.append(Incident(pod, "ReclaimFailed", f"headroom agent: {err}"))
         drift = stats.drift_corrections - (before.drift_corrections if before is not None else 0)
         if drift > 0:

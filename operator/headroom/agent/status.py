@@ -51,7 +51,6 @@ class PodEntry:
     uid: str
     namespace: str
     name: str
-    memory_high: int
 
 
 @dataclass(frozen=True)
