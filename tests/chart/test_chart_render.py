@@ -3,6 +3,7 @@ the manifests must say (node agent wiring, least privilege, metrics plumbing).""
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,14 @@ DOCUMENTED_AS_A_WHOLE = {"resources", "requests", "limits", "podSecurityContext"
                          "securityContext", "seccompProfile", "capabilities", "nodeSelector",
                          "updateStrategy", "rollingUpdate"}
 
+
+
+def test_helm_package_carries_crds_and_schema(helm: Path, tmp_path: Path) -> None:
+    proc = run_helm(helm, "package", str(CHART), "--destination", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    (archive,) = tmp_path.glob("headroom-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    expected = {f"headroom/crds/{p.name}" for p in (CHART.parent.parent / "crds").glob("*.yaml")}
+    assert expected and expected <= names
+    assert {"headroom/values.schema.json", "headroom/templates/NOTES.txt"} <= names
