@@ -1,0 +1,158 @@
+"""Pure reclaim decisions: no I/O and no clock. The engine passes readings and `now` in.
+
+Units: bytes, seconds, and PSI totals in microseconds. Every byte amount handed
+to memory.reclaim is a whole number of pages and at least one page.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Engine constants (not part of the policy API); see docs/engine.md for the why."""
+
+    min_interval: float = 0.01      # fastest re-check of a cgroup at or above its watermark
+    max_interval: float = 1.0       # an idle cgroup is still checked this often
+    wake_fraction: float = 0.5      # re-check after this share of the predicted time to it
+    growth_floor: float = 64 * MiB  # bytes/s assumed even for a cgroup that looks idle, so that a
+                                    # sudden burst near the watermark is caught in time
+    growth_halflife: float = 2.0    # seconds; EWMA of the usage growth rate
+    eagain_backoff_base: float = 0.1
+    eagain_backoff_max: float = 5.0
+    pressure_interval: float = 2.0  # Pressure mode: PSI sampling period
+    pressure_probe_fraction: float = 0.01  # Pressure mode: reclaim at most 1% of usage per sample
+    stats_interval: float = 5.0     # how often memory.events / memory.pressure are re-read
+    psi_stall_us: int = 20_000      # PSI trigger: 20 ms of "some" stall ...
+    psi_window_us: int = 1_000_000  # ... within 1 s wakes the cgroup at once
+    budget_burst_seconds: float = 1.0  # CPU budget bucket depth, in seconds of budget
+
+
+def page_down(n: float) -> int:
+    n = int(n)
+    return n - n % PAGE_SIZE
+
+
+def page_up(n: float) -> int:
+    return math.ceil(n / PAGE_SIZE) * PAGE_SIZE
+
+
+# --- Watermark mode ----------------------------------------------------------------
+
+
+def watermark_levels(high: int, headroom_percent: float, target_percent: float) -> tuple[int, int]:
+    """(start, target): reclaim starts when usage reaches `start` and goes down to `target`."""
+    start = page_down(high * (1 - headroom_percent / 100))
+    target = page_down(high * (1 - target_percent / 100))
+    return start, min(target, start)
+
+
+def watermark_step(usage: int, start: int, target: int, step_bytes: int,
+                   active: bool) -> tuple[int, bool]:
+    """Bytes to reclaim now, and whether a reclaim episode is running.
+
+    An episode begins when usage reaches `start` and continues, one bounded step
+    at a time, until usage is at or below `target` (hysteresis: no flapping
+    around a single threshold)."""
+    active = active or usage >= start
+    if not active or usage <= target:
+        return 0, False
+    return max(PAGE_SIZE, page_up(min(step_bytes, usage - target))), True
+
+
+def growth(prev_rate: float, prev_usage: int, usage: int, dt: float,
+           halflife: float) -> tuple[float, float]:
+    """(EWMA, instantaneous) usage growth in bytes/s over the last `dt` seconds."""
+    if dt <= 0:
+        return prev_rate, prev_rate
+    inst = (usage - prev_usage) / dt
+    alpha = 1 - 0.5 ** (dt / halflife)
+    return prev_rate + alpha * (inst - prev_rate), inst
+
+
+def next_check_interval(usage: int, start: int, rate: float, tuning: Tuning) -> float:
+    """Seconds until the next check: a share of the time usage needs to reach the
+    watermark at the larger of its growth rate and a floor rate, within
+    [min_interval, max_interval]."""
+    if usage >= start:
+        return tuning.min_interval
+    eta = (start - usage) / max(rate, tuning.growth_floor)
+    return min(tuning.max_interval, max(tuning.min_interval, tuning.wake_fraction * eta))
+
+
+def eagain_backoff(consecutive: int, tuning: Tuning) -> float:
+    """Wait after the n-th EAGAIN in a row: exponential, capped; never zero (never spin)."""
+    exp = min(max(consecutive, 1) - 1, 30)
+    return min(tuning.eagain_backoff_max, tuning.eagain_backoff_base * (2 ** exp))
+
+
+# --- Token buckets: bytes/s per cgroup, CPU seconds/s per node --------------------------
+
+
+@dataclass(frozen=True)
+class Bucket:
+    tokens: float
+    stamp: float
+
+
+def refill(b: Bucket, now: float, rate: float, capacity: float) -> Bucket:
+    return Bucket(min(capacity, b.tokens + max(0.0, now - b.stamp) * rate), max(now, b.stamp))
+
+
+def take_bytes(b: Bucket, want: int, now: float, rate: float) -> tuple[int, Bucket, float]:
+    """(granted bytes, bucket after, seconds to wait if nothing was granted).
+
+    The bucket holds at most one second of `rate` (and at least one page). Less
+    than asked may be granted; nothing below one page."""
+    capacity = max(float(rate), float(PAGE_SIZE))
+    b = refill(b, now, rate, capacity)
+    granted = page_down(min(want, b.tokens))
+    if granted >= PAGE_SIZE:
+        return granted, Bucket(b.tokens - granted, b.stamp), 0.0
+    need = min(float(want), capacity) - b.tokens
+    return 0, b, max(need / rate, 0.001)
+
+
+def budget_wait(b: Bucket, now: float, cores: float | None,
+                burst_seconds: float) -> tuple[Bucket, float]:
+    """Node CPU budget: (bucket after refill, seconds to wait before reclaiming again).
+
+    Reclaim CPU is charged after each write (it is measured, not predicted), so
+    the bucket may go into debt; nobody reclaims until the debt is repaid."""
+    if cores is None:
+        return b, 0.0
+    b = refill(b, now, cores, cores * burst_seconds)
+    return b, (0.0 if b.tokens > 0 else max(-b.tokens / cores, 0.001))
+
+
+def charge(b: Bucket, cpu_seconds: float) -> Bucket:
+    return Bucket(b.tokens - cpu_seconds, b.stamp)
+
+
+# --- Pressure mode (Senpai / TMO style) ---------------------------------------------
+
+
+def pressure_share(prev_total_us: int, total_us: int, dt: float) -> float:
+    """Share of wall time (0..1) some task of the cgroup was stalled on memory."""
+    if dt <= 0:
+        return 0.0
+    return max(0, total_us - prev_total_us) / 1e6 / dt
+
+
+def pressure_step(usage: int, share: float, target_percent: float, step_bytes: int,
+                  probe_fraction: float) -> int:
+    """Probe reclaim, sized by how far the stall share is below its target; none at or
+    above the target (the cgroup is at its working set: back off)."""
+    target = target_percent / 100
+    if target <= 0 or share >= target:
+        return 0
+    want = usage * probe_fraction * (1 - share / target)
+    if want < PAGE_SIZE:
+        return 0
+    return page_down(min(step_bytes, want))

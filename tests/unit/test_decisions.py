@@ -1,0 +1,151 @@
+"""Pure reclaim decisions."""
+
+import itertools
+
+import pytest
+from headroom.agent import decisions as d
+
+MiB = 1 << 20
+T = d.Tuning()
+
+
+class TestWatermark:
+    def test_levels(self):
+        start, target = d.watermark_levels(1000 * MiB, 5, 10)
+        assert start == 950 * MiB and target == 900 * MiB
+        assert start % d.PAGE_SIZE == 0 and target % d.PAGE_SIZE == 0
+
+    def test_below_start_does_nothing(self):
+        assert d.watermark_step(949 * MiB, 950 * MiB, 900 * MiB, 16 * MiB, False) == (0, False)
+
+    def test_at_start_reclaims_one_bounded_step(self):
+        want, active = d.watermark_step(950 * MiB, 950 * MiB, 900 * MiB, 16 * MiB, False)
+        assert (want, active) == (16 * MiB, True)
+
+    def test_last_step_is_the_remainder_page_aligned(self):
+        want, active = d.watermark_step(905 * MiB + 100, 950 * MiB, 900 * MiB, 16 * MiB, True)
+        assert active and want == d.page_up(5 * MiB + 100)
+
+    def test_episode_continues_below_start_until_target(self):
+        assert d.watermark_step(930 * MiB, 950 * MiB, 900 * MiB, 16 * MiB, True)[0] == 16 * MiB
+        assert d.watermark_step(900 * MiB, 950 * MiB, 900 * MiB, 16 * MiB, True) == (0, False)
+
+
+class TestInterval:
+    def test_at_or_above_watermark_is_min(self):
+        assert d.next_check_interval(950 * MiB, 950 * MiB, 0, T) == T.min_interval
+
+    def test_idle_and_far_is_max(self):
+        assert d.next_check_interval(100 * MiB, 950 * MiB, 0, T) == T.max_interval
+
+    def test_shrinks_as_growth_rises(self):
+        slow = d.next_check_interval(800 * MiB, 950 * MiB, 100 * MiB, T)
+        fast = d.next_check_interval(800 * MiB, 950 * MiB, 1000 * MiB, T)
+        faster = d.next_check_interval(800 * MiB, 950 * MiB, 10000 * MiB, T)
+        assert T.max_interval > slow > fast > faster >= T.min_interval
+
+    def test_wakes_before_the_watermark_is_reached(self):
+        rate = 300 * MiB
+        interval = d.next_check_interval(800 * MiB, 950 * MiB, rate, T)
+        assert 800 * MiB + rate * interval < 950 * MiB
+
+    def test_shrinks_as_distance_shrinks(self):
+        far = d.next_check_interval(700 * MiB, 950 * MiB, 500 * MiB, T)
+        near = d.next_check_interval(940 * MiB, 950 * MiB, 500 * MiB, T)
+        assert near < far
+
+    def test_growth_floor_bounds_sleep_near_watermark_when_idle(self):
+        near = d.next_check_interval(949 * MiB, 950 * MiB, 0, T)
+        assert near < T.max_interval
+
+    def test_growth_ewma_follows_and_decays(self):
+        rate, inst = d.growth(0, 0, 100 * MiB, 1.0, halflife=1.0)
+        assert inst == 100 * MiB and rate == pytest.approx(50 * MiB)
+        rate2, _ = d.growth(rate, 100 * MiB, 100 * MiB, 1.0, halflife=1.0)
+        assert rate2 == pytest.approx(25 * MiB)
+        assert d.growth(rate, 0, 5, 0.0, 1.0) == (rate, rate)
+
+
+class TestBackoff:
+    def test_grows_exponentially_and_caps(self):
+        waits = [d.eagain_backoff(n, T) for n in range(1, 12)]
+        assert waits[0] == T.eagain_backoff_base
+        assert all(b >= a for a, b in itertools.pairwise(waits))
+        assert waits[1] == 2 * waits[0]
+        assert waits[-1] == T.eagain_backoff_max
+
+    def test_never_zero(self):
+        assert d.eagain_backoff(0, T) > 0
+
+
+class TestRateLimit:
+    def test_grants_up_to_tokens_then_waits(self):
+        rate = 100 * MiB
+        b = d.Bucket(float(rate), 0.0)
+        granted, b, wait = d.take_bytes(b, 64 * MiB, 0.0, rate)
+        assert granted == 64 * MiB and wait == 0
+        granted, b, wait = d.take_bytes(b, 64 * MiB, 0.0, rate)
+        assert granted == 36 * MiB
+        granted, b, wait = d.take_bytes(b, 64 * MiB, 0.0, rate)
+        assert granted == 0 and wait == pytest.approx(0.64)
+
+    def test_refills_over_time_up_to_one_second(self):
+        rate = 10 * MiB
+        b = d.Bucket(0.0, 0.0)
+        granted, b, _ = d.take_bytes(b, 100 * MiB, 0.5, rate)
+        assert granted == 5 * MiB
+        granted, b, _ = d.take_bytes(b, 100 * MiB, 100.0, rate)
+        assert granted == 10 * MiB
+
+    def test_total_over_time_respects_rate(self):
+        rate = 32 * MiB
+        b, now, total = d.Bucket(0.0, 0.0), 0.0, 0
+        while now < 10.0:
+            granted, b, wait = d.take_bytes(b, 16 * MiB, now, rate)
+            total += granted
+            now += wait if granted == 0 else 0.001
+        assert total <= rate * (10.0 + 1)
+
+
+class TestCpuBudget:
+    def test_unlimited(self):
+        assert d.budget_wait(d.Bucket(-5.0, 0.0), 0.0, None, 1.0)[1] == 0
+
+    def test_debt_must_be_repaid(self):
+        b, wait = d.budget_wait(d.Bucket(0.5, 0.0), 0.0, 0.5, 1.0)
+        assert wait == 0
+        b = d.charge(b, 0.75)  # one write cost more than the bucket held
+        b, wait = d.budget_wait(b, 0.0, 0.5, 1.0)
+        assert wait == pytest.approx(0.5)  # 0.25 CPU-s of debt at 0.5 cores
+        b, wait = d.budget_wait(b, 0.6, 0.5, 1.0)
+        assert wait == 0
+
+    def test_long_run_spend_is_bounded_by_budget(self):
+        cores, b, now, spent = 0.25, d.Bucket(0.25, 0.0), 0.0, 0.0
+        while now < 100:
+            b, wait = d.budget_wait(b, now, cores, 1.0)
+            if wait:
+                now += wait
+                continue
+            b = d.charge(b, 0.01)
+            spent += 0.01
+            now += 0.001
+        assert spent <= cores * 100 + 0.25 + 0.01
+
+
+class TestPressure:
+    def test_share(self):
+        assert d.pressure_share(1_000_000, 1_500_000, 2.0) == pytest.approx(0.25)
+        assert d.pressure_share(5, 3, 1.0) == 0
+
+    def test_step_shrinks_as_pressure_nears_target(self):
+        big = d.pressure_step(1000 * MiB, 0.0, 0.1, 64 * MiB, 0.01)
+        small = d.pressure_step(1000 * MiB, 0.0009, 0.1, 64 * MiB, 0.01)
+        assert big == d.page_down(10 * MiB) and 0 < small < big
+
+    def test_backs_off_at_or_above_target(self):
+        assert d.pressure_step(1000 * MiB, 0.001, 0.1, 64 * MiB, 0.01) == 0
+        assert d.pressure_step(1000 * MiB, 0.5, 0.1, 64 * MiB, 0.01) == 0
+
+    def test_bounded_by_step(self):
+        assert d.pressure_step(100000 * MiB, 0.0, 0.1, 16 * MiB, 0.01) == 16 * MiB
