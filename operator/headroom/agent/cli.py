@@ -44,6 +44,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    default=float(_env("HEADROOM_STATUS_INTERVAL", 30)),
                    help="cluster mode: minimum seconds between plan status writes "
                         "(env HEADROOM_STATUS_INTERVAL, default %(default)s)")
+    p.add_argument("--heartbeat-interval", type=float,
+                   default=float(_env("HEADROOM_HEARTBEAT_INTERVAL", 300)),
+                   help="cluster mode: seconds between status writes when nothing but "
+                        "counters changed, less up to 20%% jitter "
+                        "(env HEADROOM_HEARTBEAT_INTERVAL, default %(default)s)")
     p.add_argument("--cpu-budget", type=float, default=float(_env("HEADROOM_CPU_BUDGET", 0.5)),
                    help="node-wide CPU the reclaim engine may spend, in cores, unless the "
                         "plan sets one (env HEADROOM_CPU_BUDGET, default %(default)s)")

@@ -22,11 +22,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from headroom.agent.logs import event
+
 FORMAT_VERSION = 1
 PLAN_FILE = "plan.json"
 ORIGINALS_FILE = "originals.json"
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("headroom.planstate")
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -71,12 +73,13 @@ class StateStore:
             return None
         except (OSError, ValueError) as e:
             # Keep the bad file for a person to look at; start as if it were absent.
-            log.error("state file %s unreadable (%s); moved aside", path, e)
+            event(log, "state_file_unreadable", logging.ERROR, path=str(path), error=str(e),
+                  moved_to=str(path) + ".corrupt")
             with contextlib.suppress(OSError):
                 os.replace(path, path.with_name(path.name + ".corrupt"))
             return None
         if not isinstance(raw, dict) or raw.get("version") != FORMAT_VERSION:
-            log.error("state file %s has an unknown format; ignored", path)
+            event(log, "state_file_unknown_format", logging.ERROR, path=str(path))
             return None
         return raw.get(key)
 

@@ -24,11 +24,13 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from headroom.agent.logs import event
+
 GROUP = "headroom.dev"
 VERSION = "v1alpha1"
 PLURAL = "nodereclaimplans"
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("headroom.planwatch")
 
 PlanCallback = Callable[[dict[str, Any] | None], None]
 
@@ -105,8 +107,7 @@ class PlanWatcher:
                 self._watch_once()
                 self.failures = 0
             except GoneError:
-                log.info("plan watch: resourceVersion %s expired, relisting",
-                         self.resource_version)
+                event(log, "plan_watch_relist", resource_version=self.resource_version)
                 self.resource_version = None
             except Exception as e:
                 if self._stopping.is_set():
@@ -115,8 +116,8 @@ class PlanWatcher:
                 self.last_error = _describe(e)
                 delay = self.backoff(self.failures)
                 self.failures += 1
-                log.warning("plan watch failed (%s); retry %d in %.1fs",
-                            self.last_error, self.failures, delay)
+                event(log, "plan_watch_failed", logging.WARNING, error=self.last_error,
+                      attempt=self.failures, retry_in_seconds=round(delay, 2))
                 if self._stopping.wait(delay):
                     break
 
@@ -131,7 +132,7 @@ class PlanWatcher:
             _request_timeout=(self.connect_timeout, 60),
         )
         self.relists += 1
-        self.connected = True
+        self._mark_connected()
         items = [i for i in result.get("items") or []
                  if (i.get("metadata") or {}).get("name") == self.node_name]
         self._deliver(items[0] if items else None)
@@ -152,21 +153,27 @@ class PlanWatcher:
                 raise GoneError() from e
             raise
         self._resp = resp
-        self.connected = True
+        self._mark_connected()
         try:
-            for event in _events(resp):
+            for ev in _events(resp):
                 if self._stopping.is_set():
                     return
-                self._handle(event)
+                self._handle(ev)
         finally:
             self._resp = None
             resp.close()
             if hasattr(resp, "release_conn"):
                 resp.release_conn()
 
-    def _handle(self, event: Mapping[str, Any]) -> None:
-        kind = event.get("type")
-        obj = event.get("object") or {}
+    def _mark_connected(self) -> None:
+        if not self.connected:
+            event(log, "plan_watch_connected", node=self.node_name,
+                  resource_version=self.resource_version, after_failures=self.failures)
+        self.connected = True
+
+    def _handle(self, ev: Mapping[str, Any]) -> None:
+        kind = ev.get("type")
+        obj = ev.get("object") or {}
         if kind == "ERROR":
             if obj.get("code") == 410:
                 raise GoneError()
@@ -203,7 +210,7 @@ def _events(resp: Any) -> Iterator[dict[str, Any]]:
         try:
             yield json.loads(line)
         except ValueError:
-            log.warning("plan watch: unparsable event line %.200r", line)
+            event(log, "plan_watch_bad_line", logging.WARNING, line=line[:200])
 
 
 def _describe(e: BaseException) -> str:

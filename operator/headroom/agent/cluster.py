@@ -1,0 +1,455 @@
+"""Cluster mode of the agent: this node's NodeReclaimPlan -> pod cgroups -> engine.
+
+    headroom agent --node-name N --state-dir D [--cgroup-root DIR] [--dry-run]
+
+Threads: the plan watch (planwatch.PlanWatcher) hands new plans to the main loop through
+a queue; the engine runs its own threads; the main loop applies plans and, every tick,
+retries pods whose cgroup was missing, saves state, writes status (rate-bounded), posts
+Events. The API server is needed only to learn plan changes and to report: the last plan
+is kept in the state directory and enforced on start, before the API answers.
+
+Restore rules: a pod leaving the plan gets the memory.high the agent found before its
+first write (kept on disk, so this also holds for pods that left while the agent was
+down). A clean shutdown (SIGTERM) restores every pod too, so that uninstalling the agent
+leaves no memory.high behind without a reclaimer; the next agent re-applies the saved
+plan at once. After a crash nothing is restored: the next start takes the pods over again
+with the originals saved on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from headroom import __version__
+from headroom.agent.engine import ReclaimEngine, ReclaimSettings, Target
+from headroom.agent.events import EventRecorder, PodRef, find_incidents, kubernetes_poster
+from headroom.agent.logs import event, setup
+from headroom.agent.metrics import AgentMetrics
+from headroom.agent.planstate import StateStore
+from headroom.agent.planwatch import GROUP, PLURAL, VERSION, PlanWatcher, plan_identity
+from headroom.agent.podcgroups import PodCgroupError, PodCgroupResolver, make_resolver
+from headroom.agent.status import PodEntry, PodProblem, StatusSchedule, build_status, rfc3339
+from headroom.cgroup import CgroupError, CgroupRoot
+
+log = logging.getLogger("headroom.agent")
+
+# How often the main loop retries missing cgroups, saves state, considers a status write
+# and looks for incidents. Cheap: one lstat per path component per pod.
+TICK_SECONDS = 2.0
+
+# Plan reclaim keys -> ReclaimSettings fields.
+_SETTINGS_KEYS = {
+    "mode": "mode",
+    "headroomPercent": "headroom_percent",
+    "targetPercent": "target_percent",
+    "stepBytes": "step_bytes",
+    "maxBytesPerSecond": "max_bytes_per_second",
+    "swappiness": "swappiness",
+    "pressureTargetPercent": "pressure_target_percent",
+}
+_INT_FIELDS = {"step_bytes", "max_bytes_per_second", "swappiness"}
+
+
+@dataclass(frozen=True)
+class PlanPod:
+    uid: str
+    namespace: str
+    name: str
+    qos_class: str
+    memory_high: int
+    dry_run: bool
+    settings: ReclaimSettings
+
+
+@dataclass(frozen=True)
+class Plan:
+    identity: str                   # planwatch.plan_identity: uid + spec
+    generation: int | None
+    cpu_budget_cores: float | None
+    pods: tuple[PlanPod, ...]           # the usable entries
+    invalid: Mapping[str, PodProblem]   # uid -> why the entry was not usable
+    entries: tuple[PodEntry, ...]       # every entry, usable or not, for the status
+
+
+EMPTY_PLAN = Plan("", None, None, (), {}, ())
+
+
+def reclaim_settings(raw: Mapping[str, Any]) -> ReclaimSettings:
+    kwargs: dict[str, Any] = {}
+    for key, attr in _SETTINGS_KEYS.items():
+        value = raw.get(key)
+        if value is None:
+            continue
+        if attr == "mode":
+            kwargs[attr] = str(value)
+        elif attr in _INT_FIELDS:
+            kwargs[attr] = int(value)
+        else:
+            kwargs[attr] = float(value)
+    settings = ReclaimSettings(**kwargs)
+    problems = settings.problems()
+    if problems:
+        raise ValueError("; ".join(f"{f} {m}" for f, m in problems))
+    return settings
+
+
+def parse_plan(obj: Mapping[str, Any] | None) -> Plan:
+    """The NodeReclaimPlan object (or the saved essentials) as the agent uses it. A bad
+    entry spoils only itself: it is reported as InvalidSpec, the others are enforced."""
+    if not obj:
+        return EMPTY_PLAN
+    spec = obj.get("spec") or {}
+    pods: list[PlanPod] = []
+    invalid: dict[str, PodProblem] = {}
+    entries: list[PodEntry] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(spec.get("pods") or []):
+        uid = str((raw or {}).get("uid") or f"<entry {i}>")
+        if uid not in seen:
+            entries.append(PodEntry(uid, str((raw or {}).get("namespace", "")),
+                                    str((raw or {}).get("name", ""))))
+        try:
+            if uid in seen:
+                raise ValueError("duplicate uid")
+            pod = PlanPod(
+                uid=uid,
+                namespace=str(raw.get("namespace", "")),
+                name=str(raw.get("name", "")),
+                qos_class=str(raw["qosClass"]),
+                memory_high=int(raw["memoryHigh"]),
+                dry_run=bool(raw.get("dryRun", False)),
+                settings=reclaim_settings(raw.get("reclaim") or {}),
+            )
+            if pod.memory_high <= 0:
+                raise ValueError("memoryHigh must be positive")
+        except (KeyError, TypeError, ValueError) as e:
+            invalid[uid] = PodProblem("InvalidSpec", f"plan entry unusable: {e!s}")
+            continue
+        seen.add(uid)
+        pods.append(pod)
+    try:
+        budget = float(spec.get("cpuBudgetCores") or 0) or None
+    except (TypeError, ValueError):
+        budget = None
+    meta = obj.get("metadata") or {}
+    return Plan(
+        identity=plan_identity(obj),
+        generation=meta.get("generation"),
+        cpu_budget_cores=budget if budget and budget > 0 else None,
+        pods=tuple(pods),
+        invalid=invalid,
+        entries=tuple(entries),
+    )
+
+
+def capabilities_status(caps: Any) -> dict[str, bool]:
+    """engine.capabilities -> status.capabilities; unprobed (None) ones are left out."""
+    names = {"memory_reclaim": "memoryReclaim", "swappiness_key": "swappinessKey", "psi": "psi"}
+    return {out: bool(v) for attr, out in names.items()
+            if (v := getattr(caps, attr, None)) is not None}
+
+
+class ClusterAgent:
+    """Everything of cluster mode except the threads and the API client: testable with a
+    fake engine, a fake cgroup tree and plain callables for the API writes."""
+
+    def __init__(
+        self,
+        *,
+        engine: Any,                          # ReclaimEngine (or a test double)
+        root: CgroupRoot,
+        resolver: PodCgroupResolver,
+        store: StateStore,
+        node: str,
+        default_cpu_budget: float | None,
+        dry_run: bool = False,
+        write_status: Callable[[dict[str, Any]], Any] | None = None,
+        events: EventRecorder | None = None,
+        metrics: AgentMetrics | None = None,
+        schedule: StatusSchedule | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.root = root
+        self.resolver = resolver
+        self.store = store
+        self.node = node
+        self.default_cpu_budget = default_cpu_budget
+        self.dry_run = dry_run
+        self.write_status = write_status
+        self.events = events
+        self.metrics = metrics
+        self.schedule = schedule or StatusSchedule()
+        self.clock = clock
+        self.wall = wall
+        self.plan = EMPTY_PLAN
+        self.plan_exists = False             # a plan object exists in the API (or on disk)
+        self.problems: dict[str, PodProblem] = {}
+        self.targets: list[Target] = []
+        self.saved_originals: dict[str, int | None] = {}
+        self.prev_snapshot: dict[str, Any] = {}
+        self.labels: dict[str, dict[str, str]] = {}
+        if metrics is not None:
+            metrics.watch_engine(engine, lambda key: self.labels.get(key, {}))
+
+    # -- plan intake ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Before the API answers: enforce what the last run left on disk."""
+        self.saved_originals = self.store.load_originals()
+        self.engine.load_originals(self.saved_originals)
+        saved = self.store.load_plan()
+        if saved is not None:
+            event(log, "saved_plan_loaded", pods=len((saved.get("spec") or {}).get("pods") or []),
+                  originals=len(self.saved_originals))
+            self._take(saved, save=False)
+
+    def set_plan(self, obj: Mapping[str, Any] | None) -> None:
+        """A plan from the API (None: there is none, or it was deleted)."""
+        self._take(obj, save=True)
+
+    def _take(self, obj: Mapping[str, Any] | None, save: bool) -> None:
+        plan = parse_plan(obj)
+        if plan.identity != self.plan.identity:
+            self.schedule.forget()
+        self.plan = plan
+        self.plan_exists = bool(obj) and bool(obj.get("metadata", {}).get("name"))
+        self.labels = {p.uid: {"namespace": p.namespace, "pod": p.name} for p in plan.pods}
+        for uid, problem in plan.invalid.items():
+            event(log, "plan_entry_invalid", logging.WARNING, uid=uid, error=problem.message)
+        budget = plan.cpu_budget_cores or self.default_cpu_budget
+        self.engine.set_cpu_budget(budget)
+        event(log, "plan_applied", generation=plan.generation, pods=len(plan.pods),
+              invalid=len(plan.invalid), cpu_budget_cores=budget, source="api" if save
+              else "state-dir")
+        if save:
+            self.store.save_plan(obj)
+        self.reconcile(force=True)
+
+    # -- reconciliation --------------------------------------------------------------
+
+    def _desired(self) -> tuple[list[Target], dict[str, PodProblem]]:
+        targets: list[Target] = []
+        problems: dict[str, PodProblem] = dict(self.plan.invalid)
+        for pod in self.plan.pods:
+            try:
+                path = self.resolver.find(pod.uid, pod.qos_class)
+            except PodCgroupError as e:
+                problems[pod.uid] = PodProblem(e.reason, str(e))
+                continue
+            targets.append(Target(
+                key=pod.uid, path=path, memory_high=pod.memory_high, settings=pod.settings,
+                labels={"namespace": pod.namespace, "pod": pod.name},
+                dry_run=pod.dry_run or self.dry_run,
+            ))
+        return targets, problems
+
+    def reconcile(self, force: bool = False) -> None:
+        """Hand the engine the pods whose cgroups exist. Called on every plan and tick:
+        pods whose cgroup appeared since are taken over, failed ones retried."""
+        targets, problems = self._desired()
+        for uid, p in problems.items():
+            if self.problems.get(uid) != p:
+                event(log, "pod_not_applied", logging.WARNING, uid=uid, reason=p.reason,
+                      error=str(p.message))
+        self.problems = problems
+        retry = any(not s.applied for s in self.engine.snapshot().values())
+        if not force and targets == self.targets and not retry:
+            return
+        self._record_originals(targets)
+        self.engine.set_targets(targets)
+        self.targets = targets
+        self._save_originals()
+
+    def _record_originals(self, targets: list[Target]) -> None:
+        """Read and save memory.high of pods about to be taken over for the first time,
+        before the engine writes: a crash right after the engine's write must not make
+        the agent's own value look like the original on the next start."""
+        if self.dry_run:
+            return
+        known = self.engine.originals()
+        new: dict[str, int | None] = {}
+        for t in targets:
+            if t.key in known or t.dry_run or t.memory_high is None:
+                continue
+            try:
+                new[t.key] = self.root.cgroup(t.path).read_high()
+            except CgroupError:
+                continue   # the engine will find the same problem and report it
+        if new:
+            self.engine.load_originals(new)
+            self._save_originals()
+
+    def _save_originals(self) -> None:
+        """Persist originals of pods in the plan (others were restored, or are gone)."""
+        if self.dry_run:
+            return
+        planned = {p.uid for p in self.plan.pods}
+        current = {k: v for k, v in self.engine.originals().items() if k in planned}
+        if current != self.saved_originals:
+            self.store.save_originals(current)
+            self.saved_originals = current
+
+    # -- periodic work -----------------------------------------------------------------
+
+    def tick(self) -> None:
+        self.reconcile()
+        snapshot = self.engine.snapshot()
+        self._post_events(snapshot)
+        self._maybe_write_status(snapshot)
+        self._save_originals()
+
+    def _post_events(self, snapshot: Mapping[str, Any]) -> None:
+        pods = {p.uid: PodRef(p.uid, p.namespace, p.name) for p in self.plan.pods}
+        incidents = find_incidents(self.prev_snapshot, snapshot, pods)
+        self.prev_snapshot = dict(snapshot)
+        for inc in incidents:
+            event(log, "pod_incident", logging.WARNING, uid=inc.pod.uid,
+                  namespace=inc.pod.namespace, pod=inc.pod.name, reason=inc.reason,
+                  message=inc.message)
+            if self.events is not None:
+                self.events.record(inc)
+        if self.events is not None:
+            self.events.limiter.forget_except(pods)
+
+    def status(self, snapshot: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        snapshot = self.engine.snapshot() if snapshot is None else snapshot
+        return build_status(
+            generation=self.plan.generation,
+            pods=self.plan.entries,
+            snapshot=snapshot,
+            problems=self.problems,
+            capabilities=capabilities_status(self.engine.capabilities),
+            driver=self.resolver.current_driver(),
+            agent_version=__version__,
+        )
+
+    def _maybe_write_status(self, snapshot: Mapping[str, Any]) -> None:
+        if self.write_status is None or not self.plan_exists:
+            return
+        status = self.status(snapshot)
+        now = self.clock()
+        if not self.schedule.due(now, status):
+            return
+        body = {**status, "heartbeat": rfc3339(self.wall())}
+        try:
+            self.write_status(body)
+            ok = True
+        except Exception as e:   # API away: keep enforcing, try again after the interval
+            ok = False
+            event(log, "status_write_failed", logging.WARNING, error=_describe(e))
+        self.schedule.attempted(now, status, ok)
+        if self.metrics is not None:
+            self.metrics.status_writes.labels(result="ok" if ok else "error").inc()
+
+    def shutdown(self, restore: bool = True) -> None:
+        self.engine.stop(restore=restore)
+        if restore and not self.dry_run:
+            # Everything was put back: nothing left to restore on the next start.
+            self.store.save_originals({})
+            self.saved_originals = {}
+
+
+def _describe(e: BaseException) -> str:
+    status = getattr(e, "status", None)
+    return f"HTTP {status} {getattr(e, 'reason', '')}".strip() if status else repr(e)
+
+
+# -- the process ---------------------------------------------------------------------
+
+def _load_kube_config() -> Any:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()   # $KUBECONFIG or ~/.kube/config
+    return client.ApiClient()
+
+
+def _status_writer(custom: Any, node: str) -> Callable[[dict[str, Any]], Any]:
+    def write(status: dict[str, Any]) -> Any:
+        return custom.patch_cluster_custom_object_status(
+            GROUP, VERSION, PLURAL, node, {"status": status}, _request_timeout=(5, 15))
+    return write
+
+
+def run(args: argparse.Namespace) -> int:
+    setup(args.log_level)
+    node = args.node_name
+    if not node:
+        event(log, "config_error", logging.ERROR, error="--node-name (env NODE_NAME) is required")
+        return 2
+    from kubernetes import client
+
+    api_client = _load_kube_config()
+    custom = client.CustomObjectsApi(api_client)
+    core = client.CoreV1Api(api_client)
+    root = CgroupRoot(args.cgroup_root)   # verifies cgroup2fs (or the test override)
+    engine = ReclaimEngine(root, cpu_budget_cores=args.cpu_budget, dry_run=args.dry_run)
+    metrics = AgentMetrics()
+    agent = ClusterAgent(
+        engine=engine, root=root, resolver=make_resolver(root.path, args.cgroup_driver),
+        store=StateStore(args.state_dir), node=node, default_cpu_budget=args.cpu_budget,
+        dry_run=args.dry_run, write_status=_status_writer(custom, node),
+        events=EventRecorder(kubernetes_poster(core), node,
+                             on_posted=lambda r: metrics.events.labels(reason=r).inc()),
+        metrics=metrics,
+        schedule=StatusSchedule(args.status_interval, args.heartbeat_interval),
+    )
+    server = metrics.serve(args.metrics_port, args.metrics_address)
+    plans: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    watcher = PlanWatcher(custom, node, plans.put)
+    stop = {"signal": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop["signal"] = signum   # only a flag: the loop notices within a second
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    event(log, "agent_starting", node=node, cgroup_root=str(root.path),
+          state_dir=str(args.state_dir), dry_run=args.dry_run, version=__version__,
+          pid=os.getpid())
+    engine.start()
+    agent.start()
+    watcher.start()
+    next_tick = time.monotonic()
+    try:
+        while not stop["signal"]:
+            try:
+                obj = plans.get(timeout=1.0)
+                while True:   # only the newest plan matters
+                    try:
+                        obj = plans.get_nowait()
+                    except queue.Empty:
+                        break
+                agent.set_plan(obj)
+            except queue.Empty:
+                pass
+            metrics.plan_watch_connected.set(1 if watcher.connected else 0)
+            if time.monotonic() >= next_tick:
+                agent.tick()
+                next_tick = time.monotonic() + TICK_SECONDS
+    finally:
+        event(log, "agent_stopping", signal=stop["signal"])
+        watcher.stop()
+        agent.shutdown(restore=True)
+        if server is not None:
+            server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":   # pragma: no cover
+    from headroom.cli import main
+
+    sys.exit(main(["agent", *sys.argv[1:]]))

@@ -1,0 +1,302 @@
+"""Cluster mode against fake kubepods trees of both drivers, with the real engine driven
+by a fake clock: plan -> memory.high, retries, restore, restarts, dry run, drift, status
+and events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FakeKernel, FakeTree
+from fake_kubepods import PARENTS, make_kubepods, make_pod, pod_rel
+from headroom.agent.cluster import ClusterAgent, parse_plan
+from headroom.agent.engine import ReclaimEngine
+from headroom.agent.events import EventRecorder
+from headroom.agent.metrics import AgentMetrics
+from headroom.agent.planstate import StateStore
+from headroom.agent.podcgroups import Driver, make_resolver
+from headroom.agent.status import StatusSchedule
+
+A = "aaaaaaaa-0000-4000-8000-000000000001"
+B = "bbbbbbbb-0000-4000-8000-000000000002"
+C = "cccccccc-0000-4000-8000-000000000003"
+MiB = 1 << 20
+
+
+def pod(uid: str, qos: str = "Burstable", high: int = 256 * MiB, **extra: Any) -> dict:
+    return {"uid": uid, "namespace": "shop", "name": f"web-{uid[0]}", "qosClass": qos,
+            "memoryHigh": high, "policy": {"kind": "MemoryReclaimPolicy", "name": "web"},
+            "reclaim": {"mode": "Watermark", "headroomPercent": 5, "targetPercent": 10,
+                        "stepBytes": 16 * MiB, "maxBytesPerSecond": 512 * MiB}, **extra}
+
+
+def plan(*pods: dict, generation: int = 1, budget: float | None = None) -> dict:
+    spec: dict[str, Any] = {"nodeName": "node-1", "pods": list(pods)}
+    if budget is not None:
+        spec["cpuBudgetCores"] = budget
+    return {"metadata": {"name": "node-1", "uid": "plan-uid", "generation": generation},
+            "spec": spec}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Harness:
+    """One agent 'process': engine + ClusterAgent over a tree and a state dir."""
+
+    def __init__(self, kernel: FakeKernel, state: Path, *, dry_run: bool = False,
+                 driver: str = "auto") -> None:
+        self.clock = Clock()
+        self.statuses: list[dict] = []
+        self.events: list[dict] = []
+        self.engine = ReclaimEngine(kernel, cpu_budget_cores=0.5, dry_run=dry_run, workers=0,
+                                    clock=self.clock)
+        self.metrics = AgentMetrics()
+        self.agent = ClusterAgent(
+            engine=self.engine, root=kernel, resolver=make_resolver(kernel.path, driver),
+            store=StateStore(state), node="node-1", default_cpu_budget=0.5, dry_run=dry_run,
+            write_status=self.statuses.append,
+            events=EventRecorder(lambda ns, body: self.events.append(body), "node-1",
+                                 clock=self.clock),
+            metrics=self.metrics,
+            schedule=StatusSchedule(30, 300, rand=lambda: 0.0), clock=self.clock)
+
+    def advance(self, seconds: float) -> None:
+        """Time passes: the engine runs its due checks, then the agent ticks."""
+        self.clock.t += seconds
+        self.engine.tick(self.clock.t)
+        self.agent.tick()
+
+    def pod_status(self, uid: str) -> dict:
+        return next(p for p in self.agent.status()["pods"] if p["uid"] == uid)
+
+
+@pytest.fixture(params=list(Driver))
+def driver(request: pytest.FixtureRequest) -> Driver:
+    return request.param
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def test_plan_sets_memory_high_in_pod_dirs_only(fake_kernel: FakeKernel, cgroup_tree: FakeTree,
+                                                 driver: Driver, state: Path) -> None:
+    make_kubepods(cgroup_tree, driver)
+    for uid, qos in ((A, "Burstable"), (B, "Guaranteed"), (C, "BestEffort")):
+        make_pod(cgroup_tree, driver, uid, qos, current=100 * MiB)
+    h = Harness(fake_kernel, state)
+    h.agent.start()
+    h.agent.set_plan(plan(pod(A), pod(B, "Guaranteed", 512 * MiB), pod(C, "BestEffort")))
+    assert cgroup_tree.high(pod_rel(driver, A, "Burstable")) == str(256 * MiB)
+    assert cgroup_tree.high(pod_rel(driver, B, "Guaranteed")) == str(512 * MiB)
+    assert cgroup_tree.high(pod_rel(driver, C, "BestEffort")) == str(256 * MiB)
+    for parent in PARENTS[driver]:
+        assert cgroup_tree.high(parent) == "max"
+    assert (cgroup_tree.root / "memory.high").exists() is False
+    status = h.agent.status()
+    assert status["cgroupDriver"] == driver.value
+    assert (status["plannedPods"], status["appliedPods"]) == (3, 3)
+    assert {p["reason"] for p in status["pods"]} == {"Applied"}
+    assert StateStore(state).load_originals() == {A: None, B: None, C: None}
+
+
+def test_missing_cgroup_is_reported_then_applied_when_it_appears(
+        fake_kernel: FakeKernel, cgroup_tree: FakeTree, state: Path) -> None:
+    make_kubepods(cgroup_tree, Driver.SYSTEMD)
+    h = Harness(fake_kernel, state)
+    h.agent.start()
+    h.agent.set_plan(plan(pod(A)))
+    assert h.pod_status(A)["reason"] == "CgroupNotFound"
+    assert h.pod_status(A)["applied"] is False
+    make_pod(cgroup_tree, Driver.SYSTEMD, A, "Burstable")   # the pod starts
+    h.advance(5)
+    assert h.pod_status(A)["reason"] == "Applied"
+    assert cgroup_tree.high(pod_rel(Driver.SYSTEMD, A, "Burstable")) == str(256 * MiB)
+
+
+def test_pod_that_vanishes_is_reported_not_fatal(fake_kernel: FakeKernel, cgroup_tree: FakeTree,
+                                                  state: Path) -> None:
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    make_pod(cgroup_tree, Driver.CGROUPFS, A, "Burstable")
+    make_pod(cgroup_tree, Driver.CGROUPFS, B, "Burstable")
+    h = Harness(fake_kernel, state)
+    h.agent.set_plan(plan(pod(A), pod(B)))
+    cgroup_tree.remove(pod_rel(Driver.CGROUPFS, A, "Burstable"))
+    h.advance(5)
+    assert h.pod_status(A)["reason"] == "CgroupNotFound"
+    assert h.pod_status(B)["reason"] == "Applied"
+
+
+def test_invalid_entries_spoil_only_themselves(fake_kernel: FakeKernel, cgroup_tree: FakeTree,
+                                               state: Path) -> None:
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    make_pod(cgroup_tree, Driver.CGROUPFS, A, "Burstable")
+    bad_uid = pod("../../../etc")
+    bad_spec = pod(B, reclaim={"mode": "Watermark", "headroomPercent": 50,
+                               "targetPercent": 10})
+    h = Harness(fake_kernel, state)
+    h.agent.set_plan(plan(pod(A), bad_uid, bad_spec))
+    reasons = {p["uid"]: p["reason"] for p in h.agent.status()["pods"]}
+    assert reasons == {A: "Applied", "../../../etc": "InvalidUid", B: "InvalidSpec"}
+
+
+def test_pod_leaving_the_plan_gets_its_original_back(fake_kernel: FakeKernel,
+                                                    cgroup_tree: FakeTree, state: Path) -> None:
+    make_kubepods(cgroup_tree, Driver.SYSTEMD)
+    make_pod(cgroup_tree, Driver.SYSTEMD, A, "Burstable", high=1 << 30)
+    make_pod(cgroup_tree, Driver.SYSTEMD, B, "Burstable")
+    h = Harness(fake_kernel, state)
+    h.agent.set_plan(plan(pod(A), pod(B)))
+    assert cgroup_tree.high(pod_rel(Driver.SYSTEMD, A, "Burstable")) == str(256 * MiB)
+    h.agent.set_plan(plan(pod(B), generation=2))
+    assert cgroup_tree.high(pod_rel(Driver.SYSTEMD, A, "Burstable")) == str(1 << 30)
+    assert StateStore(state).load_originals() == {B: None}
+    h.agent.set_plan(None)   # plan deleted: everything back
+    assert cgroup_tree.high(pod_rel(Driver.SYSTEMD, B, "Burstable")) == "max"
+    assert StateStore(state).load_originals() == {}
+
+
+def test_restart_without_api_enforces_saved_plan_and_reconciles_later(
+        fake_kernel: FakeKernel, cgroup_tree: FakeTree, state: Path) -> None:
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    make_pod(cgroup_tree, Driver.CGROUPFS, A, "Burstable", high=2 << 30)
+    make_pod(cgroup_tree, Driver.CGROUPFS, B, "Burstable")
+    first = Harness(fake_kernel, state)
+    first.agent.start()
+    first.agent.set_plan(plan(pod(A), pod(B)))
+    # the agent crashes (no shutdown); meanwhile the kubelet resets B's memory.high
+    cgroup_tree.write(pod_rel(Driver.CGROUPFS, B, "Burstable"), "memory.high", "max\n")
+    second = Harness(fake_kernel, state)
+    second.agent.start()   # the API server is unreachable: only the state dir
+    assert cgroup_tree.high(pod_rel(Driver.CGROUPFS, B, "Burstable")) == str(256 * MiB)
+    assert second.pod_status(A)["reason"] == "Applied"
+    # the API answers: A left the plan while the agent was down, C is new
+    make_pod(cgroup_tree, Driver.CGROUPFS, C, "Burstable")
+    second.agent.set_plan(plan(pod(B), pod(C), generation=2))
+    # A gets the value found by the *first* run, not the agent's own 256Mi
+    assert cgroup_tree.high(pod_rel(Driver.CGROUPFS, A, "Burstable")) == str(2 << 30)
+    assert cgroup_tree.high(pod_rel(Driver.CGROUPFS, C, "Burstable")) == str(256 * MiB)
+    assert StateStore(state).load_originals() == {B: None, C: None}
+
+
+def test_clean_shutdown_restores_everything(fake_kernel: FakeKernel, cgroup_tree: FakeTree,
+                                            state: Path) -> None:
+    make_kubepods(cgroup_tree, Driver.SYSTEMD)
+    make_pod(cgroup_tree, Driver.SYSTEMD, A, "Guaranteed", high=3 << 30)
+    h = Harness(fake_kernel, state)
+    h.agent.set_plan(plan(pod(A, "Guaranteed")))
+    h.agent.shutdown(restore=True)
+    assert cgroup_tree.high(pod_rel(Driver.SYSTEMD, A, "Guaranteed")) == str(3 << 30)
+    assert StateStore(state).load_originals() == {}
+    assert StateStore(state).load_plan() is not None   # the next start re-applies it
+
+
+def test_dry_run_writes_nothing_and_reports(fake_kernel: FakeKernel, cgroup_tree: FakeTree,
+                                            state: Path) -> None:
+    make_kubepods(cgroup_tree, Driver.SYSTEMD)
+    make_pod(cgroup_tree, Driver.SYSTEMD, A, "Burstable", current=300 * MiB)
+    before = cgroup_tree.contents()
+    h = Harness(fake_kernel, state, dry_run=True)
+    h.agent.start()
+    h.agent.set_plan(plan(pod(A)))
+    for _ in range(3):
+        h.advance(5)
+    h.agent.shutdown()
+    assert cgroup_tree.contents() == before
+    assert fake_kernel.reclaim_calls == []
+    assert h.statuses[0]["pods"][0]["reason"] == "DryRun"
+
+
+def test_per_pod_dry_run(fake_kernel: FakeKernel, cgroup_tree: FakeTree, state: Path) -> None:
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    make_pod(cgroup_tree, Driver.CGROUPFS, A, "Burstable")
+    make_pod(cgroup_tree, Driver.CGROUPFS, B, "Burstable")
+    h = Harness(fake_kernel, state)
+    h.agent.set_plan(plan(pod(A, dryRun=True), pod(B)))
+    assert cgroup_tree.high(pod_rel(Driver.CGROUPFS, A, "Burstable")) == "max"
+    assert cgroup_tree.high(pod_rel(Driver.CGROUPFS, B, "Burstable")) == str(256 * MiB)
+    assert h.pod_status(A)["reason"] == "DryRun"
+
+
+def test_drift_is_put_back_and_reported(fake_kernel: FakeKernel, cgroup_tree: FakeTree,
+                                        state: Path) -> None:
+    make_kubepods(cgroup_tree, Driver.SYSTEMD)
+    make_pod(cgroup_tree, Driver.SYSTEMD, A, "Burstable")
+    h = Harness(fake_kernel, state)
+    h.agent.set_plan(plan(pod(A)))
+    h.advance(1)
+    rel = pod_rel(Driver.SYSTEMD, A, "Burstable")
+    cgroup_tree.write(rel, "memory.high", "max\n")   # the kubelet, or a person
+    h.advance(10)
+    assert cgroup_tree.high(rel) == str(256 * MiB)
+    assert h.pod_status(A)["driftCorrections"] == 1
+    assert [e["reason"] for e in h.events] == ["MemoryHighDrift"]
+    assert "headroom_memory_high_drift_corrections_total" in h.metrics.text()
+
+
+def test_stall_despite_agent_becomes_an_event_and_status(fake_kernel: FakeKernel,
+                                                        cgroup_tree: FakeTree,
+                                                        state: Path) -> None:
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    make_pod(cgroup_tree, Driver.CGROUPFS, A, "Burstable", current=100 * MiB)
+    h = Harness(fake_kernel, state)
+    h.agent.set_plan(plan(pod(A)))
+    h.advance(1)
+    rel = pod_rel(Driver.CGROUPFS, A, "Burstable")
+    fake_kernel.floor[rel] = 300 * MiB          # nothing reclaimable: the pod hits the limit
+    fake_kernel.grow(rel, 200 * MiB)
+    h.advance(10)
+    assert h.pod_status(A)["highEvents"] == 1
+    assert [e["reason"] for e in h.events] == ["MemoryHighReached"]
+    assert h.events[0]["involvedObject"]["uid"] == A
+
+
+def test_status_writes_are_bounded(fake_kernel: FakeKernel, cgroup_tree: FakeTree,
+                                   state: Path) -> None:
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    make_pod(cgroup_tree, Driver.CGROUPFS, A, "Burstable")
+    h = Harness(fake_kernel, state)
+    h.agent.set_plan(plan(pod(A)))
+    for _ in range(120):               # 10 simulated minutes, a tick every 5 s
+        fake_kernel.grow(pod_rel(Driver.CGROUPFS, A, "Burstable"), MiB)
+        h.advance(5)
+    # first write, then heartbeats every 300 s: 3 writes, far below one per tick
+    assert 2 <= len(h.statuses) <= 4
+    s = h.statuses[-1]
+    assert s["observedGeneration"] == 1 and s["heartbeat"].endswith("Z")
+    assert s["capabilities"]["memoryReclaim"] is True
+
+
+def test_no_status_without_a_plan_object(fake_kernel: FakeKernel, state: Path) -> None:
+    h = Harness(fake_kernel, state)
+    h.agent.set_plan(None)
+    h.advance(5)
+    assert h.statuses == []
+
+
+def test_plan_cpu_budget_goes_to_the_engine(fake_kernel: FakeKernel, state: Path) -> None:
+    h = Harness(fake_kernel, state)
+    budgets: list[float | None] = []
+    h.engine.set_cpu_budget = budgets.append   # type: ignore[method-assign]
+    h.agent.set_plan(plan(budget=0.25))
+    h.agent.set_plan(plan(generation=2))
+    assert budgets == [0.25, 0.5]
+
+
+def test_parse_plan_maps_reclaim_settings() -> None:
+    p = parse_plan(plan(pod(A, reclaim={"mode": "Pressure", "headroomPercent": 2,
+                                        "targetPercent": 4, "stepBytes": 4096,
+                                        "maxBytesPerSecond": 8192, "swappiness": 10,
+                                        "pressureTargetPercent": 0.5})))
+    s = p.pods[0].settings
+    assert (s.mode, s.headroom_percent, s.target_percent, s.step_bytes,
+            s.max_bytes_per_second, s.swappiness, s.pressure_target_percent) == (
+        "Pressure", 2.0, 4.0, 4096, 8192, 10, 0.5)
