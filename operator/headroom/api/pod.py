@@ -18,6 +18,7 @@ the pod cgroup (memory.max), computed from the raw Pod JSON:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING
@@ -43,12 +44,16 @@ def _to_int(value: str, milli: bool) -> int:
     return int(d.to_integral_value(rounding=ROUND_CEILING))
 
 
+def _is_map(x: Any) -> bool:
+    return type(x) is dict or isinstance(x, Mapping)   # the exact-type test is the fast path
+
+
 def amount(resources: Any, kind: str, resource: str) -> int | None:
     """``resources[kind][resource]`` as an integer (CPU in milli-units), None if unset."""
-    if not isinstance(resources, Mapping):
+    if not resources or not _is_map(resources):
         return None
     section = resources.get(kind)
-    if not isinstance(section, Mapping) or resource not in section:
+    if not section or not _is_map(section) or resource not in section:
         return None
     raw = section[resource]
     if isinstance(raw, bool):
@@ -119,7 +124,7 @@ def qos_class(pod: Mapping[str, Any]) -> str:
         return str(status["qosClass"])
     spec = pod.get("spec") or {}
     pod_res = spec.get("resources")
-    if isinstance(pod_res, Mapping) and (pod_res.get("requests") or pod_res.get("limits")):
+    if pod_res and _is_map(pod_res) and (pod_res.get("requests") or pod_res.get("limits")):
         scopes: list[Any] = [pod_res]
     else:
         containers = list(spec.get("containers") or []) + list(spec.get("initContainers") or [])
@@ -137,6 +142,21 @@ def qos_class(pod: Mapping[str, Any]) -> str:
     if not any_set:
         return "BestEffort"
     return "Guaranteed" if guaranteed else "Burstable"
+
+
+def resource_key(pod: Mapping[str, Any]) -> str | None:
+    """A string equal for pods whose memory and QoS class must be equal (pods of one
+    workload share it), so callers can cache; None when the pod is not plain JSON."""
+    spec = pod.get("spec") or {}
+    try:
+        return json.dumps((
+            spec.get("resources"), spec.get("overhead"), (pod.get("status") or {}).get("qosClass"),
+            [(c.get("resources"), c.get("restartPolicy")) for c in spec.get("containers") or ()],
+            [(c.get("resources"), c.get("restartPolicy"))
+             for c in spec.get("initContainers") or ()],
+        ), sort_keys=True)
+    except (TypeError, AttributeError, ValueError):
+        return None
 
 
 def is_active(pod: Mapping[str, Any]) -> bool:

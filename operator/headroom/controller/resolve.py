@@ -8,11 +8,11 @@ section "resolve() contract".
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from headroom.api.pod import PodMemory, is_active, pod_memory, qos_class
+from headroom.api.pod import PodMemory, is_active, pod_memory, qos_class, resource_key
 from headroom.api.policy import (
     CLUSTER_KIND,
     NAMESPACED_KIND,
@@ -22,13 +22,16 @@ from headroom.api.policy import (
     parse_policy,
     policy_ref,
 )
-from headroom.api.selector import LabelIndex
+from headroom.api.selector import LabelIndex, LabelSelector, Requirement
 
 __all__ = ["CLUSTER_KIND", "NAMESPACED_KIND", "PodRef", "PolicyRef", "PolicyReport",
            "Resolution", "SkippedPod", "resolve"]
 
 # Kubernetes sets this label on every namespace; added here when an object lacks it.
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# Pseudo-label under which pods are indexed by namespace (a space is invalid in label keys).
+NAMESPACE_KEY = " namespace"
+
 
 @dataclass(frozen=True, order=True)
 class PodRef:
@@ -111,9 +114,13 @@ def resolve(
             valid.append(policy)
 
     node_names = None if nodes is None else {_name(n) for n in nodes}
-    by_ns = _active_pods_by_namespace(pods, node_names)
-    winners = _pick_winners(valid, by_ns, _namespace_labels(namespaces, by_ns), reports)
-    plans = _build_plans(winners, by_ns, reports, node_names)
+    active = [p for p in pods if is_active(p)
+              and (node_names is None or p["spec"]["nodeName"] in node_names)]
+    index = LabelIndex((p.get("metadata") or {}).get("labels") or {} for p in active)
+    for i, pod in enumerate(active):
+        index.add(NAMESPACE_KEY, _namespace(pod), i)
+    winners = _pick_winners(valid, index, _namespace_labels(namespaces, index), reports)
+    plans = _build_plans(zip(active, winners, strict=True), reports, node_names)
     for report in reports.values():
         report.nodes = dict(sorted(report.nodes.items()))
         report.skipped.sort()
@@ -125,104 +132,118 @@ def _name(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name") or "")
 
 
-class _Namespace:
-    """The active pods of one namespace, with a label index built on first use."""
-
-    def __init__(self) -> None:
-        self.pods: list[Mapping[str, Any]] = []
-        self._index: LabelIndex | None = None
-
-    @property
-    def index(self) -> LabelIndex:
-        if self._index is None:
-            self._index = LabelIndex(
-                (p.get("metadata") or {}).get("labels") or {} for p in self.pods)
-        return self._index
-
-
-def _active_pods_by_namespace(pods: Sequence[Mapping[str, Any]],
-                              node_names: set[str] | None) -> dict[str, _Namespace]:
-    by_ns: dict[str, _Namespace] = {}
-    for pod in pods:
-        if not is_active(pod):
-            continue
-        if node_names is not None and pod["spec"]["nodeName"] not in node_names:
-            continue
-        ns = str((pod.get("metadata") or {}).get("namespace") or "default")
-        by_ns.setdefault(ns, _Namespace()).pods.append(pod)
-    return by_ns
+def _namespace(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("namespace") or "default")
 
 
 def _namespace_labels(namespaces: Sequence[Mapping[str, Any]],
-                      by_ns: Mapping[str, _Namespace]) -> dict[str, dict[str, str]]:
+                      index: LabelIndex) -> dict[str, dict[str, str]]:
     """Labels of every namespace that has active pods (a missing object: only its name label)."""
     labels = {_name(ns): dict((ns.get("metadata") or {}).get("labels") or {})
               for ns in namespaces}
     out = {}
-    for name in by_ns:
-        lab = labels.get(name, {})
-        lab.setdefault(NAMESPACE_NAME_LABEL, name)
-        out[name] = lab
+    for key, name in index.by_pair:
+        if key == NAMESPACE_KEY:
+            lab = labels.get(name, {})
+            lab.setdefault(NAMESPACE_NAME_LABEL, name)
+            out[name] = lab
     return out
 
 
-def _pick_winners(valid: list[Policy], by_ns: Mapping[str, _Namespace],
+def _scope(policy: Policy, ns_names: list[str], ns_index: LabelIndex) -> LabelSelector:
+    """The policy's pod selector restricted to the namespaces it applies to."""
+    if policy.namespace_selector is None:
+        namespaces = frozenset([policy.ref.namespace])
+    else:
+        chosen = policy.namespace_selector.select(ns_index)
+        if len(chosen) == len(ns_names):
+            return policy.selector     # every namespace: no restriction needed
+        namespaces = frozenset(ns_names[i] for i in chosen)
+    restriction = Requirement(NAMESPACE_KEY, "In", namespaces)
+    return LabelSelector((*policy.selector.requirements, restriction))
+
+
+def _pick_winners(valid: list[Policy], index: LabelIndex,
                   ns_labels: Mapping[str, Mapping[str, str]],
-                  reports: Mapping[PolicyRef, PolicyReport]) -> dict[tuple[str, int], Policy]:
-    """(namespace, pod index) -> winning policy. Policies are visited best first, so the
-    first policy to select a pod wins; a later one of equal precedence is a conflict."""
+                  reports: Mapping[PolicyRef, PolicyReport]) -> list[Policy | None]:
+    """The winning policy of each active pod (aligned with the index).
+
+    Policies are visited best first, so the first policy to select a pod wins; a
+    later one of the same precedence (priority, namespaced/cluster) selecting it is
+    a conflict. Each policy costs a few set operations over one index of all pods
+    (the namespace is a pseudo-label); Python loops only over pods as they are won.
+    """
     ns_names = sorted(ns_labels)
     ns_index = LabelIndex(ns_labels[n] for n in ns_names)
-    winners: dict[tuple[str, int], Policy] = {}
-    conflicts: set[tuple[PolicyRef, PolicyRef]] = set()
-    for policy in sorted(valid, key=lambda p: (p.precedence(), p.ref)):
-        if policy.namespace_selector is None:
-            namespaces = [policy.ref.namespace] if policy.ref.namespace in by_ns else []
-        else:
-            namespaces = [ns_names[i] for i in policy.namespace_selector.select(ns_index)]
-        report = reports[policy.ref]
-        for ns in namespaces:
-            for i in policy.selector.select(by_ns[ns].index):
-                won = winners.setdefault((ns, i), policy)
-                if won is policy:
-                    continue
-                report.shadowed_pods += 1
-                if won.precedence() == policy.precedence():
-                    conflicts.add((won.ref, policy.ref))
+    ordered = sorted(valid, key=lambda p: (p.precedence(), p.ref))
+    owner = [-1] * index.size
+    taken: set[int] = set()
+    group_taken: set[int] = set()      # won within the current precedence group
+    group: tuple[int, int] | None = None
+    conflicts: set[tuple[int, int]] = set()
+    for k, policy in enumerate(ordered):
+        if policy.precedence() != group:
+            group, group_taken = policy.precedence(), set()
+        selected = _scope(policy, ns_names, ns_index).select(index)
+        if not selected:
+            continue
+        new = selected - taken
+        reports[policy.ref].shadowed_pods += len(selected) - len(new)
+        conflicts.update((r, k) for r in set(map(owner.__getitem__, selected & group_taken)))
+        for i in new:
+            owner[i] = k
+        taken |= new
+        group_taken |= new
     for a, b in conflicts:
-        reports[a].conflicts.append(b)
-        reports[b].conflicts.append(a)
-    return winners
+        reports[ordered[a].ref].conflicts.append(ordered[b].ref)
+        reports[ordered[b].ref].conflicts.append(ordered[a].ref)
+    return [ordered[k] if k >= 0 else None for k in owner]
 
 
-def _build_plans(winners: Mapping[tuple[str, int], Policy], by_ns: Mapping[str, _Namespace],
+def _memory_and_qos(pod: Mapping[str, Any],
+                    cache: dict[str, tuple[PodMemory, str]]) -> tuple[PodMemory, str]:
+    key = resource_key(pod)
+    if key is None:
+        return pod_memory(pod), qos_class(pod)
+    if key not in cache:
+        cache[key] = (pod_memory(pod), qos_class(pod))
+    return cache[key]
+
+
+def _build_plans(won: Iterable[tuple[Mapping[str, Any], Policy | None]],
                  reports: Mapping[PolicyRef, PolicyReport],
                  node_names: set[str] | None) -> dict[str, dict[str, Any]]:
     entries: dict[str, list[dict[str, Any]]] = {n: [] for n in node_names or ()}
     budgets: dict[str, float] = {}
-    for (ns, i), policy in winners.items():
-        pod = by_ns[ns].pods[i]
+    facts: dict[str, tuple[PodMemory, str]] = {}
+    shared: dict[PolicyRef, tuple[dict[str, str], dict[str, Any]]] = {}
+    for pod, policy in won:
+        if policy is None:
+            continue
         meta = pod.get("metadata") or {}
         node = str(pod["spec"]["nodeName"])
-        ref = PodRef(ns, str(meta.get("name") or ""), str(meta.get("uid") or ""))
         report = reports[policy.ref]
         report.matched_pods += 1
-        mem: PodMemory = pod_memory(pod)
+        mem, qos = _memory_and_qos(pod, facts)
         high, reason, message = policy.memory_high.for_pod(mem)
         if high is None:
+            ref = PodRef(_namespace(pod), str(meta.get("name") or ""), str(meta.get("uid") or ""))
             report.skipped.append(SkippedPod(ref, node, reason, message))
             continue
         report.planned_pods += 1
         report.nodes[node] = report.nodes.get(node, 0) + 1
+        if policy.ref not in shared:
+            shared[policy.ref] = (policy.ref.to_dict(), policy.reclaim.to_plan())
+        policy_dict, reclaim = shared[policy.ref]
         entries.setdefault(node, []).append({
-            "uid": ref.uid,
-            "namespace": ref.namespace,
-            "name": ref.name,
-            "qosClass": qos_class(pod),
+            "uid": str(meta.get("uid") or ""),
+            "namespace": _namespace(pod),
+            "name": str(meta.get("name") or ""),
+            "qosClass": qos,
             "memoryHigh": high,
             "dryRun": policy.dry_run,
-            "policy": policy.ref.to_dict(),
-            "reclaim": policy.reclaim.to_plan(),
+            "policy": dict(policy_dict),
+            "reclaim": dict(reclaim),
         })
         budget = policy.reclaim.node_cpu_budget
         if budget is not None:
