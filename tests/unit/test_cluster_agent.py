@@ -5,10 +5,9 @@ and events."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import FakeKernel, FakeTree
 from fake_kubepods import PARENTS, make_kubepods, make_pod, pod_rel
 from headroom.agent.cluster import ClusterAgent, parse_plan
 from headroom.agent.engine import ReclaimEngine
@@ -22,6 +21,9 @@ A = "aaaaaaaa-0000-4000-8000-000000000001"
 B = "bbbbbbbb-0000-4000-8000-000000000002"
 C = "cccccccc-0000-4000-8000-000000000003"
 MiB = 1 << 20
+
+if TYPE_CHECKING:   # fixtures of tests/unit/conftest.py (not importable by name)
+    from conftest import FakeKernel, FakeTree
 
 
 def pod(uid: str, qos: str = "Burstable", high: int = 256 * MiB, **extra: Any) -> dict:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from conftest import FakeTree
 from fake_kubepods import make_kubepods, make_pod
 from headroom.agent.podcgroups import (
     Driver,
@@ -16,6 +16,9 @@ from headroom.agent.podcgroups import (
     relative_path,
     valid_uid,
 )
+
+if TYPE_CHECKING:   # fixtures of tests/unit/conftest.py (not importable by name)
+    from conftest import FakeTree
 
 UID = "6d7c2f0e-1a2b-4c3d-8e9f-0123456789ab"
 
@@ -110,10 +113,10 @@ def test_symlinked_pod_dir_is_refused(tmp_path: Path, cgroup_tree: FakeTree) -> 
     assert e.value.reason == "UnsafePath"
 
 
-def test_symlinked_parent_is_refused(tmp_path: Path) -> None:
+def test_symlinked_parent_is_refused(tmp_path: Path, cgroup_tree: FakeTree) -> None:
     root = tmp_path / "root"
     root.mkdir()
-    elsewhere = FakeTree(tmp_path / "elsewhere")
+    elsewhere = type(cgroup_tree)(tmp_path / "elsewhere")
     make_kubepods(elsewhere, Driver.SYSTEMD)
     make_pod(elsewhere, Driver.SYSTEMD, UID, "Guaranteed")
     os.symlink(elsewhere.root / "kubepods.slice", root / "kubepods.slice")
