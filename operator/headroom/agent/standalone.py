@@ -1,0 +1,117 @@
+"""`headroom agent --standalone --config FILE.yaml`: the engine without Kubernetes.
+
+The config (standalone_config.py) names cgroups by glob; the globs are
+re-scanned every `rescanInterval`, so new cgroups are taken over and vanished
+ones released. SIGTERM/SIGINT stop cleanly, restoring every memory.high the
+agent changed. A bad config (or cgroup root) exits 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from headroom.agent import logs
+from headroom.agent.engine import ReclaimEngine, Target, TargetStats
+from headroom.agent.logs import event
+from headroom.agent.standalone_config import Config, ConfigError, load
+from headroom.cgroup import CgroupError, CgroupRoot
+
+log = logging.getLogger("headroom.standalone")
+EXIT_USAGE = 2
+
+
+def scan(root: CgroupRoot, cfg: Config, warned: set[str]) -> list[Target]:
+    """Current targets: each cgroup matched by the first entry whose glob matches it.
+    `warned` remembers cgroups already reported as skipped, to log each once."""
+    targets: dict[str, Target] = {}
+    for entry in cfg.entries:
+        for cg in root.glob(entry.glob):
+            key = cg.rel
+            if key in targets:
+                continue  # an earlier entry wins
+            try:
+                high, why = entry.resolve_high(cg.read_max() if entry.memory_high_percent
+                                               else None)
+            except CgroupError:
+                continue  # vanished between glob and read
+            if why:
+                if key not in warned:
+                    warned.add(key)
+                    event(log, "cgroup_skipped", logging.WARNING, cgroup=key,
+                          entry=entry.index, reason=why)
+                continue
+            targets[key] = Target(key=key, path=cg.path, memory_high=high,
+                                  settings=entry.settings,
+                                  labels={"cgroup": key, "entry": str(entry.index)},
+                                  dry_run=entry.dry_run)
+    return list(targets.values())
+
+
+def summary(snap: Mapping[str, TargetStats]) -> dict[str, Any]:
+    stats = list(snap.values())
+    return {
+        "targets": len(stats),
+        "applied": sum(s.applied for s in stats),
+        "reclaimed_bytes": sum(s.reclaimed_bytes for s in stats),
+        "reclaim_cpu_seconds": round(sum(s.reclaim_cpu_seconds for s in stats), 6),
+        "reclaim_writes": sum(s.reclaim_writes for s in stats),
+        "eagain_count": sum(s.eagain_count for s in stats),
+        "high_events": sum(s.high_events for s in stats),
+        "dry_run_bytes": sum(s.dry_run_bytes for s in stats),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    logs.setup(getattr(args, "log_level", "info"))
+    if not args.config:
+        print("headroom agent --standalone: --config FILE is required", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        print(f"headroom: invalid config: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        root = CgroupRoot(args.cgroup_root)
+        engine = ReclaimEngine(root, cpu_budget_cores=cfg.cpu_budget or args.cpu_budget,
+                               dry_run=args.dry_run)
+    except (CgroupError, ValueError) as e:
+        print(f"headroom: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        event(log, "signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    event(log, "standalone_start", config=str(cfg.path), cgroup_root=str(root.path),
+          entries=len(cfg.entries), dry_run=args.dry_run, cpu_budget_cores=cfg.cpu_budget
+          or args.cpu_budget, fake_root=root.fake)
+    warned: set[str] = set()
+    engine.start()
+    try:
+        next_summary = time.monotonic() + cfg.summary_interval
+        while not stop.is_set():
+            engine.set_targets(scan(root, cfg, warned))
+            if cfg.summary_interval and time.monotonic() >= next_summary:
+                event(log, "summary", **summary(engine.snapshot()),
+                      capabilities=dataclasses.asdict(engine.capabilities))
+                next_summary += cfg.summary_interval
+            stop.wait(cfg.rescan_interval)
+    finally:
+        final = summary(engine.snapshot())
+        engine.stop(restore=True)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        event(log, "standalone_stop", **final)
+    return 0

@@ -1,0 +1,214 @@
+"""Standalone mode: config validation, glob scanning, and the CLI end to end (subprocess)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from headroom.agent import standalone, standalone_config
+from headroom.cgroup import ALLOW_FAKE_ENV, CgroupRoot
+
+MiB = 1 << 20
+
+GOOD = """
+cpuBudget: 250m
+rescanInterval: 0.2
+summaryInterval: 0
+cgroups:
+- cgroup: "app.slice/*.service"
+  memoryHigh: 256Mi
+  reclaim:
+    mode: Watermark
+    headroomPercent: 4
+    targetPercent: 8
+    stepSize: 8Mi
+    maxBytesPerSecond: 64Mi
+    swappiness: 30
+- cgroup: "batch/*"
+  memoryHigh: "50%"
+  dryRun: true
+  reclaim: {mode: Pressure, pressureTargetPercent: 0.5}
+"""
+
+
+def args_for(config, root, dry_run=False):
+    return argparse.Namespace(config=str(config), cgroup_root=str(root), dry_run=dry_run,
+                              cpu_budget=0.5, log_level="warning")
+
+
+def test_good_config_parses(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(GOOD)
+    cfg = standalone_config.load(p)
+    assert cfg.cpu_budget == 0.25 and cfg.rescan_interval == 0.2 and cfg.summary_interval == 0
+    a, b = cfg.entries
+    assert a.glob == "app.slice/*.service" and a.memory_high == 256 * MiB
+    s = a.settings
+    assert (s.mode, s.headroom_percent, s.target_percent, s.step_bytes, s.max_bytes_per_second,
+            s.swappiness) == ("Watermark", 4, 8, 8 * MiB, 64 * MiB, 30)
+    assert b.memory_high is None and b.memory_high_percent == 50 and b.dry_run
+    assert b.settings.mode == "Pressure" and b.settings.pressure_target_percent == 0.5
+    assert b.resolve_high(1000 * MiB) == (500 * MiB, "")
+    assert b.resolve_high(None)[0] is None
+
+
+BAD = [
+    # (yaml text, words the one-line message must contain)
+    ("cgroups: [a, b", ["yaml", "line"]),
+    ("- just a list", ["top level"]),
+    ("cgroups: []", ["cgroups", "non-empty"]),
+    ("cgroup: x\n", ["cgroup", "unknown field"]),
+    ("cpuBudget: lots\ncgroups: [{cgroup: a}]", ["cpuBudget", "lots"]),
+    ("rescanInterval: -1\ncgroups: [{cgroup: a}]", ["rescanInterval"]),
+    ("cgroups: [{memoryHigh: 1Gi}]", ["cgroups[0]", "cgroup", "required"]),
+    ("cgroups: [{cgroup: a}, {cgroup: /etc}]", ["cgroups[1]", "'/etc'", "cgroup"]),
+    ("cgroups: [{cgroup: '../x/*'}]", ["cgroups[0]", "'../x/*'", "cgroup"]),
+    ("cgroups: [{cgroup: a, memoryHigh: lots}]", ["cgroups[0]", "'a'", "memoryHigh", "lots"]),
+    ("cgroups: [{cgroup: a, memoryHigh: '150%'}]", ["memoryHigh", "150%"]),
+    ("cgroups: [{cgroup: a, memoryHigh: 1Ki}]", ["memoryHigh", "at least"]),
+    ("cgroups: [{cgroup: a, memroyHigh: 1Gi}]", ["cgroups[0]", "entry.memroyHigh", "unknown"]),
+    ("cgroups: [{cgroup: a, dryRun: maybe}]", ["dryRun"]),
+    ("cgroups: [{cgroup: a, reclaim: {mode: Bogus}}]", ["reclaim.mode", "Watermark"]),
+    ("cgroups: [{cgroup: a, reclaim: {mode: Off}}]", ["reclaim.mode", "quotes"]),
+    ("cgroups: [{cgroup: a}, {cgroup: 'b/*', reclaim: {headroomPercent: 20}}]",
+     ["cgroups[1]", "'b/*'", "reclaim", "headroomPercent"]),
+    ("cgroups: [{cgroup: a, reclaim: {stepsize: 1Mi}}]", ["reclaim.stepsize", "unknown"]),
+    ("cgroups: [{cgroup: a, reclaim: {stepSize: 12Q}}]", ["reclaim.stepSize", "12Q"]),
+    ("cgroups: [{cgroup: a, reclaim: {swappiness: 300}}]", ["reclaim.swappiness"]),
+]
+
+
+@pytest.mark.parametrize(("text", "words"), BAD)
+def test_bad_config_exit_2_one_message_nothing_written(text, words, tmp_path, cgroup_tree,
+                                                       capsys, monkeypatch):
+    monkeypatch.setenv(ALLOW_FAKE_ENV, "1")
+    cgroup_tree.add("a", current=250 * MiB)
+    cgroup_tree.add("b/c", current=250 * MiB)
+    before = cgroup_tree.contents()
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    assert standalone.run(args_for(p, cgroup_tree.root)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(p) in err
+    for w in words:
+        assert w in err
+    assert cgroup_tree.contents() == before
+
+
+def test_missing_config_file(tmp_path, cgroup_tree, capsys, monkeypatch):
+    monkeypatch.setenv(ALLOW_FAKE_ENV, "1")
+    assert standalone.run(args_for(tmp_path / "nope.yaml", cgroup_tree.root)) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_unsafe_root_exit_2(tmp_path, cgroup_tree, capsys, monkeypatch):
+    monkeypatch.delenv(ALLOW_FAKE_ENV, raising=False)
+    p = tmp_path / "c.yaml"
+    p.write_text(GOOD)
+    before = cgroup_tree.contents()
+    assert standalone.run(args_for(p, cgroup_tree.root)) == 2
+    assert "not a cgroup2" in capsys.readouterr().err
+    assert cgroup_tree.contents() == before
+
+
+def test_scan_globs_first_entry_wins_percent_and_skips(tmp_path, cgroup_tree):
+    cgroup_tree.add("app.slice/a.service")
+    cgroup_tree.add("app.slice/b.service")
+    cgroup_tree.add("app.slice/other.scope")
+    cgroup_tree.add("batch/j1", max=1000 * MiB)
+    cgroup_tree.add("batch/j2")  # memory.max "max": 50% cannot be resolved
+    p = tmp_path / "c.yaml"
+    p.write_text(GOOD + '- cgroup: "app.slice/*"\n  memoryHigh: 1Gi\n')
+    cfg = standalone_config.load(p)
+    root = CgroupRoot(cgroup_tree.root, allow_fake=True)
+    warned: set[str] = set()
+    targets = {t.key: t for t in standalone.scan(root, cfg, warned)}
+    assert sorted(targets) == ["app.slice/a.service", "app.slice/b.service",
+                               "app.slice/other.scope", "batch/j1"]
+    assert targets["app.slice/a.service"].memory_high == 256 * MiB  # first entry wins
+    assert targets["app.slice/other.scope"].memory_high == 1 << 30
+    assert targets["batch/j1"].memory_high == 500 * MiB and targets["batch/j1"].dry_run
+    assert warned == {"batch/j2"}
+    cgroup_tree.remove("app.slice/b.service")
+    cgroup_tree.add("app.slice/c.service")
+    keys = {t.key for t in standalone.scan(root, cfg, warned)}
+    assert "app.slice/b.service" not in keys and "app.slice/c.service" in keys
+
+
+def wait_for(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def start_agent(config, root, *extra, stderr=subprocess.PIPE):
+    env = dict(os.environ, **{ALLOW_FAKE_ENV: "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "headroom.cli", "agent", "--standalone", "--config", str(config),
+         "--cgroup-root", str(root), *extra],
+        env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cli_applies_rescans_and_restores_on_signal(sig, tmp_path, cgroup_tree):
+    cgroup_tree.add("app.slice/a.service", current=10 * MiB)
+    cgroup_tree.add("app.slice/b.service", current=10 * MiB)
+    cgroup_tree.write("app.slice/b.service", "memory.high", f"{512 * MiB}\n")
+    p = tmp_path / "c.yaml"
+    p.write_text(GOOD)
+    proc = start_agent(p, cgroup_tree.root)
+    try:
+        applied = str(256 * MiB)
+        assert wait_for(lambda: cgroup_tree.high("app.slice/a.service") == applied
+                        and cgroup_tree.high("app.slice/b.service") == applied)
+        cgroup_tree.add("app.slice/new.service", current=10 * MiB)  # picked up by a rescan
+        assert wait_for(lambda: cgroup_tree.high("app.slice/new.service") == applied)
+        cgroup_tree.remove("app.slice/new.service")  # vanishes while managed
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert cgroup_tree.high("app.slice/a.service") == "max"
+    assert cgroup_tree.high("app.slice/b.service") == str(512 * MiB)
+    assert "Traceback" not in err and '"event": "standalone_stop"' in err
+
+
+def test_cli_dry_run_writes_nothing(tmp_path, cgroup_tree):
+    cgroup_tree.add("app.slice/a.service", current=250 * MiB)
+    cgroup_tree.add("batch/j1", current=900 * MiB, max=1000 * MiB)
+    before = cgroup_tree.contents()
+    p = tmp_path / "c.yaml"
+    p.write_text(GOOD)
+    log = tmp_path / "agent.log"
+    with log.open("w") as logf:
+        proc = start_agent(p, cgroup_tree.root, "--dry-run", stderr=logf)
+        try:
+            assert wait_for(lambda: '"event": "dry_run_reclaim"' in log.read_text())
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, log.read_text()
+    assert cgroup_tree.contents() == before
+
+
+def test_shipped_example_is_valid():
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "standalone.yaml")
+    cfg = standalone_config.load(example)
+    assert [e.glob for e in cfg.entries] == ["workload.slice/*.service", "batch.slice/*",
+                                             "system.slice/*.service"]
+    assert cfg.cpu_budget == 0.5
