@@ -1,0 +1,104 @@
+"""Pure decisions about NodeReclaimPlans: what to write, what to keep, what to delete.
+
+The operator writes a plan only when its spec differs from the one on the server
+(or from the one it has just written and not yet seen come back through the
+watch), so that restarts and bursts of unrelated events cost no writes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from headroom.api import GROUP, VERSION
+from headroom.controller.resolve import PolicyRef, PolicyReport
+
+PLAN_KIND = "NodeReclaimPlan"
+
+
+def canonical(value: Any) -> str:
+    """Byte-stable text of a JSON value, for comparisons."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def plan_body(node: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A new NodeReclaimPlan owned by its Node, so the garbage collector removes it with
+    the node even while the operator is down."""
+    meta = node["metadata"]
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": PLAN_KIND,
+        "metadata": {
+            "name": meta["name"],
+            "labels": {"app.kubernetes.io/managed-by": "headroom"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": meta["name"],
+                                 "uid": meta["uid"], "controller": True}],
+        },
+        "spec": dict(spec),
+    }
+
+
+@dataclass(frozen=True)
+class PlanAction:
+    verb: str                               # create | replace | delete
+    node: str
+    spec: Mapping[str, Any] | None = None
+
+
+def plan_actions(desired: Mapping[str, Mapping[str, Any]],
+                 current: Mapping[str, Mapping[str, Any] | None]) -> list[PlanAction]:
+    """Writes that bring `current` (node -> spec on the server, as far as we know) to
+    `desired`; plans of nodes that have no desired plan (deleted nodes) are deleted."""
+    actions = []
+    for node, spec in desired.items():
+        if node not in current:
+            actions.append(PlanAction("create", node, spec))
+        elif canonical(current[node]) != canonical(spec):
+            actions.append(PlanAction("replace", node, spec))
+    actions += [PlanAction("delete", node) for node in current if node not in desired]
+    return actions
+
+
+def _pod_sort_key(entry: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (entry.get("namespace", ""), entry.get("name", ""), entry.get("uid", ""))
+
+
+def freeze_invalid(plans: dict[str, dict[str, Any]],
+                   reports: Mapping[PolicyRef, PolicyReport],
+                   current: Mapping[str, Mapping[str, Any] | None],
+                   active_pods: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Keep the plan entries of policies that are now invalid as they are on the server.
+
+    An invalid policy changes no plan: resolve() lets it match nothing, so without
+    this its pods would fall to another policy or leave the plans. Level-based (it
+    reads the plans on the server, not operator memory), so it survives restarts.
+    `active_pods`: uid -> node of the pods that still run; others are not kept.
+    """
+    frozen = {canonical(ref.to_dict()) for ref, rep in reports.items() if not rep.valid}
+    if not frozen:
+        return plans
+    out = {node: dict(spec) for node, spec in plans.items()}
+    for node, spec in current.items():
+        if node not in out or not spec:
+            continue
+        keep = [e for e in spec.get("pods") or ()
+                if canonical(e.get("policy")) in frozen and active_pods.get(e.get("uid")) == node]
+        if not keep:
+            continue
+        uids = {e["uid"] for e in keep}
+        pods = [e for e in out[node].get("pods") or () if e.get("uid") not in uids]
+        out[node]["pods"] = sorted([*pods, *keep], key=_pod_sort_key)
+    return out
+
+
+def active_pod_nodes(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """uid -> node of bound pods that have not terminated."""
+    out = {}
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName")
+        phase = (pod.get("status") or {}).get("phase")
+        if node and phase not in ("Succeeded", "Failed"):
+            out[pod["metadata"]["uid"]] = node
+    return out

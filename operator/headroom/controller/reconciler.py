@@ -1,0 +1,195 @@
+"""The operator's loop: debounce events, resolve, write what changed.
+
+Level-based: every round recomputes all plans and policy statuses from the full
+in-memory index (kopf indexes of policies, pods, namespaces, nodes and plans) and
+writes only differences. A burst of events (a Deployment scaling, a namespace
+relabelled) becomes one round after `debounce` seconds of quiet (at most
+`max_delay` after the first event). Writes the watch has not echoed back yet are
+remembered with their resourceVersion, so a round that runs before the echo does
+not write the same thing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from headroom.controller import plans as plans_mod
+from headroom.controller import status as status_mod
+from headroom.controller.kubeclient import KubeClient, WriteConflict
+from headroom.controller.plans import PlanAction, canonical
+from headroom.controller.resolve import CLUSTER_KIND, NAMESPACED_KIND, PolicyRef, resolve
+
+log = logging.getLogger("headroom.operator")
+
+
+@dataclass
+class Snapshot:
+    """Copies of everything the operator watches, taken at the start of a round."""
+
+    policies: list[dict[str, Any]] = field(default_factory=list)
+    cluster_policies: list[dict[str, Any]] = field(default_factory=list)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    namespaces: list[dict[str, Any]] = field(default_factory=list)
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    plans: dict[str, dict[str, Any]] = field(default_factory=dict)   # node -> plan object
+
+
+@dataclass
+class Decisions:
+    actions: list[PlanAction]
+    statuses: dict[PolicyRef, dict[str, Any]]          # only those that differ
+    invalid_events: list[tuple[dict[str, Any], str, str]]   # (policy, reason, message)
+
+
+def _rv(obj: Mapping[str, Any] | None) -> int | None:
+    try:
+        return int((obj or {}).get("metadata", {}).get("resourceVersion"))
+    except (TypeError, ValueError):
+        return None
+
+
+def policy_ref(obj: Mapping[str, Any]) -> PolicyRef:
+    meta = obj["metadata"]
+    kind = NAMESPACED_KIND if meta.get("namespace") else CLUSTER_KIND
+    return PolicyRef(kind, meta.get("namespace") or "", meta["name"])
+
+
+def decide(snap: Snapshot, known_specs: Mapping[str, Mapping[str, Any] | None],
+           known_status: Mapping[PolicyRef, Mapping[str, Any] | None], now: str) -> Decisions:
+    """Pure: the writes that bring the cluster to what the policies say."""
+    res = resolve(snap.policies, snap.cluster_policies, snap.pods, snap.namespaces,
+                  nodes=snap.nodes)
+    current = {node: spec for node, spec in known_specs.items() if spec is not None}
+    desired = plans_mod.freeze_invalid(res.plans, res.policies, current,
+                                       plans_mod.active_pod_nodes(snap.pods))
+    actions = plans_mod.plan_actions(desired, current)
+    outcomes = status_mod.plan_outcomes(snap.plans)
+    entries = status_mod.pods_by_policy(desired)
+    by_ref = {policy_ref(p): p for p in (*snap.policies, *snap.cluster_policies)}
+    statuses, events = {}, []
+    for ref, report in res.policies.items():
+        obj = by_ref.get(ref)
+        if obj is None:
+            continue
+        previous = known_status.get(ref)
+        new = status_mod.policy_status(report, entries.get(canonical(ref.to_dict()), {}),
+                                       outcomes, previous, now)
+        if canonical(new) != canonical(previous or {}):
+            statuses[ref] = new
+        if status_mod.newly_invalid(report, previous):
+            events.append((obj, report.reason, report.message))
+    return Decisions(actions, statuses, events)
+
+
+@dataclass
+class _Written:
+    rv: int
+    value: Any
+
+
+class Reconciler:
+    def __init__(self, client: KubeClient, snapshot: Callable[[], Snapshot],
+                 debounce: float = 0.5, max_delay: float = 5.0) -> None:
+        self.client = client
+        self.snapshot = snapshot
+        self.debounce = debounce
+        self.max_delay = max_delay
+        self.dirty = asyncio.Event()
+        self.rounds = 0
+        self._plans: dict[str, _Written] = {}
+        self._statuses: dict[PolicyRef, _Written] = {}
+
+    def poke(self) -> None:
+        self.dirty.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.dirty.wait()
+            first = loop.time()
+            while loop.time() - first < self.max_delay:   # wait for a quiet moment
+                self.dirty.clear()
+                try:
+                    await asyncio.wait_for(self.dirty.wait(), self.debounce)
+                except TimeoutError:
+                    break
+            self.dirty.clear()
+            try:
+                await self.reconcile()
+            except Exception:  # keep the loop alive; the next event or retry fixes it
+                log.exception("reconcile round failed; retrying")
+                await asyncio.sleep(1.0)
+                self.poke()
+
+    def _known(self, snap: Snapshot) -> tuple[dict[str, Any], dict[PolicyRef, Any]]:
+        """Server state as the watch shows it, overlaid with our newer, unechoed writes."""
+        specs: dict[str, Any] = {node: plan.get("spec") for node, plan in snap.plans.items()}
+        for node, w in list(self._plans.items()):
+            seen = _rv(snap.plans.get(node))
+            if w.value is None:          # deleted by us: gone once the watch says so
+                if node in snap.plans:
+                    specs.pop(node, None)
+                else:
+                    del self._plans[node]
+            elif seen is not None and seen >= w.rv:
+                del self._plans[node]
+            else:
+                specs[node] = w.value
+        statuses: dict[PolicyRef, Any] = {}
+        for obj in (*snap.policies, *snap.cluster_policies):
+            ref = policy_ref(obj)
+            statuses[ref] = obj.get("status")
+            w = self._statuses.get(ref)
+            if w is not None and (_rv(obj) or 0) < w.rv:
+                statuses[ref] = w.value
+            elif w is not None:
+                del self._statuses[ref]
+        return specs, statuses
+
+    async def reconcile(self) -> Decisions:
+        self.rounds += 1
+        snap = self.snapshot()
+        specs, statuses = self._known(snap)
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        decisions = await asyncio.to_thread(decide, snap, specs, statuses, now)
+        nodes = {n["metadata"]["name"]: n for n in snap.nodes}
+        by_ref = {policy_ref(p): p for p in (*snap.policies, *snap.cluster_policies)}
+        results = await asyncio.gather(
+            *(self._write_plan(a, nodes) for a in decisions.actions),
+            *(self._write_status(ref, st) for ref, st in decisions.statuses.items()
+              if ref in by_ref),
+            *(self.client.post_event(obj, "Warning", reason, message)
+              for obj, reason, message in decisions.invalid_events),
+            return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        for err in failed:
+            if not isinstance(err, WriteConflict):
+                log.warning("write failed: %s", err)
+        if failed:
+            self.poke()     # something moved under us: another round sorts it out
+        if decisions.actions or decisions.statuses:
+            log.info("round %d: %d plan writes, %d status writes", self.rounds,
+                     len(decisions.actions), len(decisions.statuses))
+        return decisions
+
+    async def _write_plan(self, action: PlanAction, nodes: Mapping[str, Any]) -> None:
+        if action.verb == "delete":
+            resp = await self.client.delete_plan(action.node)
+            self._plans[action.node] = _Written(_rv(resp) or 0, None)
+            return
+        assert action.spec is not None
+        if action.verb == "create":
+            body = plans_mod.plan_body(nodes[action.node], action.spec)
+            resp = await self.client.create_plan(body)
+        else:
+            resp = await self.client.replace_plan_spec(action.node, dict(action.spec))
+        self._plans[action.node] = _Written(_rv(resp) or 0, action.spec)
+
+    async def _write_status(self, ref: PolicyRef, status: dict[str, Any]) -> None:
+        resp = await self.client.patch_policy_status(ref, status)
+        self._statuses[ref] = _Written(_rv(resp) or 0, status)
