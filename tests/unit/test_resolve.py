@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from types import MappingProxyType
 from typing import Any
 
 from headroom.controller.resolve import (
@@ -268,3 +269,23 @@ def test_deterministic_and_byte_equal_under_input_permutation() -> None:
     for plan in first.plans.values():
         keys = [(e["namespace"], e["name"], e["uid"]) for e in plan["pods"]]
         assert keys == sorted(keys)
+
+
+def _frozen(x: Any) -> Any:
+    """Read-only, non-dict mappings all the way down (as some clients hand out)."""
+    if isinstance(x, dict):
+        return MappingProxyType({k: _frozen(v) for k, v in x.items()})
+    if isinstance(x, list):
+        return tuple(_frozen(v) for v in x)
+    return x
+
+
+def test_input_is_not_modified_and_may_be_any_mapping() -> None:
+    pods = [mk_pod("a", request="512Mi"), mk_pod("b", ns="x", limit=None)]
+    pols, cls, nss = [mk_policy("web")], [mk_cluster("c", memory_high={"bytes": "1Gi"})], []
+    before = json.dumps([pods, pols, cls])
+    plain = resolve(pols, cls, pods, nss)
+    assert json.dumps([pods, pols, cls]) == before
+    frozen = resolve(_frozen(pols), _frozen(cls), _frozen(pods), nss)
+    assert json.dumps(frozen.plans) == json.dumps(plain.plans)
+    assert len(entries(plain)) == 2

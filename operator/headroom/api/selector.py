@@ -116,7 +116,7 @@ def compile_selector(raw: Any, field: str = "selector") -> LabelSelector:
             raise SelectorError(f"{field}.matchLabels[{k}] must be a string, got {v!r}")
         reqs.append(Requirement(k, "In", frozenset([v])))
     exprs = raw.get("matchExpressions") or []
-    if not isinstance(exprs, list):
+    if not isinstance(exprs, list | tuple):
         raise SelectorError(f"{field}.matchExpressions must be a list")
     for i, e in enumerate(exprs):
         where = f"{field}.matchExpressions[{i}]"
@@ -127,7 +127,7 @@ def compile_selector(raw: Any, field: str = "selector") -> LabelSelector:
         if op not in OPERATORS:
             raise SelectorError(f"{where}.operator {op!r} is not one of {', '.join(OPERATORS)}")
         values = e.get("values") or []
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
             raise SelectorError(f"{where}.values must be a list of strings")
         if op in ("In", "NotIn") and not values:
             raise SelectorError(f"{where}: operator {op} needs at least one value")
