@@ -386,6 +386,8 @@ def _status_writer(custom: Any, node: str) -> Callable[[dict[str, Any]], Any]:
 
 def run(args: argparse.Namespace) -> int:
     setup(args.log_level)
+    # urllib3 logs each connection retry; the agent logs one event per failed call itself.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     node = args.node_name
     if not node:
         event(log, "config_error", logging.ERROR, error="--node-name (env NODE_NAME) is required")

@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from headroom.agent.logs import event
 from headroom.agent.status import rfc3339
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("headroom.events")
 
 COMPONENT = "headroom-agent"
 
@@ -152,8 +153,8 @@ class EventRecorder:
         try:
             self.post(incident.pod.namespace, body)
         except Exception as e:   # the API may be away; the next incident will try again
-            log.warning("could not post %s event for %s/%s: %s", incident.reason,
-                        incident.pod.namespace, incident.pod.name, e)
+            event(log, "event_post_failed", logging.WARNING, reason=incident.reason,
+                  namespace=incident.pod.namespace, pod=incident.pod.name, error=repr(e))
             self.limiter.suppressed[key] = held_back + 1   # carried into the next Event
             return False
         if self.on_posted is not None:
