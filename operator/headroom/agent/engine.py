@@ -323,7 +323,8 @@ class ReclaimEngine:
                     continue
                 if events is not None and "high" in events:
                     st.stats.high_events = events["high"] - st.events_base
-                self._queue.schedule_earlier(key, now)
+                # at most one woken check per min_interval, even if an fd stays ready
+                self._queue.schedule_earlier(key, max(now, st.last_time + self.tuning.min_interval))
 
     # --- the loop ----------------------------------------------------------------
 

@@ -79,7 +79,11 @@ class EventsWatch:
 
     def acknowledge(self) -> dict[str, int]:
         try:
-            text = os.pread(self._fd, 65536, 0).decode()
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(self._fd, 65536):
+                chunks.append(chunk)
+            text = b"".join(chunks).decode()
         except OSError as e:
             raise from_oserror(e, self.path, "read") from e
         return parse_flat_keyed(text)
