@@ -515,8 +515,13 @@ class ReclaimEngine:
 
     def _add(self, t: Target, prev: CgroupState | None) -> None:
         """Take a target over (or re-take it, keeping `prev`'s counters and original)."""
-        self._generation += 1
-        st = CgroupState(key=t.key, cg=None, generation=self._generation, target=t)
+        if prev is not None and not prev.failed:
+            # same cgroup, new settings: a write in flight still belongs to it
+            st = CgroupState(key=t.key, cg=None, generation=prev.generation, target=t,
+                             in_flight=prev.in_flight)
+        else:
+            self._generation += 1
+            st = CgroupState(key=t.key, cg=None, generation=self._generation, target=t)
         if prev is not None:
             st.stats = prev.stats
             st.has_original, st.original = prev.has_original, prev.original
@@ -590,7 +595,9 @@ class ReclaimEngine:
         """Probe kernel capabilities once, by trying on the first cgroup that reclaims."""
         if self._caps.swappiness_key is not None:
             return
-        self._caps = caps_probe.probe(cg, write=True)
+        found = caps_probe.probe(cg, write=True)
+        with self._lock:
+            self._caps = found
         event(log, "capabilities", memory_reclaim=self._caps.memory_reclaim,
               swappiness_key=self._caps.swappiness_key, psi=self._caps.psi)
 
