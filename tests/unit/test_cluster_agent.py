@@ -302,3 +302,26 @@ def test_parse_plan_maps_reclaim_settings() -> None:
     assert (s.mode, s.headroom_percent, s.target_percent, s.step_bytes,
             s.max_bytes_per_second, s.swappiness, s.pressure_target_percent) == (
         "Pressure", 2.0, 4.0, 4096, 8192, 10, 0.5)
+
+
+def test_engine_failures_are_retried_at_a_bounded_rate(fake_kernel: FakeKernel,
+                                                       cgroup_tree: FakeTree,
+                                                       state: Path) -> None:
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    path = make_pod(cgroup_tree, Driver.CGROUPFS, A, "Burstable")
+    (path / "memory.high").unlink()
+    (path / "memory.high").mkdir()          # unusable: the engine reports Error
+    h = Harness(fake_kernel, state)
+    calls = []
+    real = h.engine.set_targets
+    h.engine.set_targets = lambda t: (calls.append(len(t)), real(t))  # type: ignore[method-assign]
+    h.agent.set_plan(plan(pod(A)))
+    assert h.pod_status(A)["reason"] == "Error"
+    for _ in range(5):
+        h.advance(2)                         # ticks within the retry interval
+    assert len(calls) == 1                   # no retry yet
+    (path / "memory.high").rmdir()
+    (path / "memory.high").write_text("max\n")
+    h.advance(30)
+    assert len(calls) == 2
+    assert h.pod_status(A)["reason"] == "Applied"

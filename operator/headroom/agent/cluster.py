@@ -45,6 +45,9 @@ log = logging.getLogger("headroom.agent")
 # How often the main loop retries missing cgroups, saves state, considers a status write
 # and looks for incidents. Cheap: one lstat per path component per pod.
 TICK_SECONDS = 2.0
+# Pods the engine could not take over (an error on their cgroup files) are handed to it
+# again at most this often; pods whose directory is missing are looked for every tick.
+RETRY_SECONDS = 30.0
 
 # Plan reclaim keys -> ReclaimSettings fields.
 _SETTINGS_KEYS = {
@@ -196,6 +199,7 @@ class ClusterAgent:
         self.plan_exists = False             # a plan object exists in the API (or on disk)
         self.problems: dict[str, PodProblem] = {}
         self.targets: list[Target] = []
+        self.next_retry = 0.0                # engine-side failures are retried this late
         self.saved_originals: dict[str, int | None] = {}
         self.prev_snapshot: dict[str, Any] = {}
         self.labels: dict[str, dict[str, str]] = {}
@@ -263,9 +267,12 @@ class ClusterAgent:
                 event(log, "pod_not_applied", logging.WARNING, uid=uid, reason=p.reason,
                       error=str(p.message))
         self.problems = problems
-        retry = any(not s.applied for s in self.engine.snapshot().values())
+        now = self.clock()
+        retry = (now >= self.next_retry
+                 and any(not s.applied for s in self.engine.snapshot().values()))
         if not force and targets == self.targets and not retry:
             return
+        self.next_retry = now + RETRY_SECONDS
         self._record_originals(targets)
         self.engine.set_targets(targets)
         self.targets = targets
@@ -384,6 +391,14 @@ def _status_writer(custom: Any, node: str) -> Callable[[dict[str, Any]], Any]:
     return write
 
 
+def _guarded(fn: Callable[..., Any], *args: Any) -> None:
+    """The agent outlives a bug in one step: the engine keeps enforcing meanwhile."""
+    try:
+        fn(*args)
+    except Exception:
+        event(log, "agent_error", logging.ERROR, exc_info=True, step=fn.__name__)
+
+
 def run(args: argparse.Namespace) -> int:
     setup(args.log_level)
     # urllib3 logs each connection retry; the agent logs one event per failed call itself.
@@ -435,12 +450,12 @@ def run(args: argparse.Namespace) -> int:
                         obj = plans.get_nowait()
                     except queue.Empty:
                         break
-                agent.set_plan(obj)
+                _guarded(agent.set_plan, obj)
             except queue.Empty:
                 pass
             metrics.plan_watch_connected.set(1 if watcher.connected else 0)
             if time.monotonic() >= next_tick:
-                agent.tick()
+                _guarded(agent.tick)
                 next_tick = time.monotonic() + TICK_SECONDS
     finally:
         event(log, "agent_stopping", signal=stop["signal"])
