@@ -346,7 +346,7 @@ def test_cluster_policy_requires_namespace_selector() -> None:
 
 # ---- examples and plans -----------------------------------------------------------------
 
-EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if p.name != "standalone.yaml")
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
 def test_there_are_examples_of_both_policy_kinds() -> None:

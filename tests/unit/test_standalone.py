@@ -207,7 +207,7 @@ def test_cli_dry_run_writes_nothing(tmp_path, cgroup_tree):
 
 
 def test_shipped_example_is_valid():
-    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "standalone.yaml")
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "standalone", "headroom.yaml")
     cfg = standalone_config.load(example)
     assert [e.glob for e in cfg.entries] == ["workload.slice/*.service", "batch.slice/*",
                                              "system.slice/*.service"]

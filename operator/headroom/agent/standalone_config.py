@@ -1,6 +1,6 @@
 """The standalone agent's YAML file: parsed and fully validated before anything is touched.
 
-Format (docs/engine.md, examples/standalone.yaml):
+Format (docs/engine.md, examples/standalone/headroom.yaml):
 
     cpuBudget: 500m            # node-wide reclaim CPU, cores (quantity); default --cpu-budget
     rescanInterval: 10         # seconds between glob re-scans
