@@ -78,20 +78,20 @@ def grant(groups: list[str], resources: list[str], verbs: list[str]) -> Rules:
     return {(g, r, v) for g in groups for r in resources for v in verbs}
 
 
-EVENTS = grant([""], ["events"], ["create", "patch"]) | grant(
-    ["events.k8s.io"], ["events"], ["create", "patch"])
+# What the code calls (headroom/agent/cluster.py, planwatch.py, events.py;
+# headroom/controller/kubeclient.py, handlers.py; kopf's discovery and posting).
+EVENTS = grant([""], ["events"], ["create"])
 READ = ["get", "list", "watch"]
 POLICIES = ["memoryreclaimpolicies", "clustermemoryreclaimpolicies"]
 
 AGENT_RULES = (grant(["headroom.dev"], ["nodereclaimplans"], READ)
-               | grant(["headroom.dev"], ["nodereclaimplans/status"], ["get", "update", "patch"])
+               | grant(["headroom.dev"], ["nodereclaimplans/status"], ["patch"])
                | EVENTS)
 OPERATOR_RULES = (
     grant([""], ["pods", "namespaces", "nodes"], READ)
-    | grant(["headroom.dev"], POLICIES, [*READ, "patch"])
-    | grant(["headroom.dev"], [f"{p}/status" for p in POLICIES], ["get", "patch", "update"])
-    | grant(["headroom.dev"], ["nodereclaimplans"],
-            [*READ, "create", "update", "patch", "delete"])
+    | grant(["headroom.dev"], POLICIES, READ)
+    | grant(["headroom.dev"], [f"{p}/status" for p in POLICIES], ["patch"])
+    | grant(["headroom.dev"], ["nodereclaimplans"], [*READ, "create", "patch", "delete"])
     | grant(["apiextensions.k8s.io"], ["customresourcedefinitions"], READ)
     | EVENTS)
 
