@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from headroom.agent import standalone, standalone_config
 from headroom.cgroup import ALLOW_FAKE_ENV, CgroupRoot
+from prometheus_client.parser import text_string_to_metric_families
 
 MiB = 1 << 20
 
@@ -38,7 +41,8 @@ cgroups:
 
 def args_for(config, root, dry_run=False):
     return argparse.Namespace(config=str(config), cgroup_root=str(root), dry_run=dry_run,
-                              cpu_budget=0.5, log_level="warning")
+                              cpu_budget=0.5, log_level="warning", metrics_port=0,
+                              metrics_address="127.0.0.1")
 
 
 def test_good_config_parses(tmp_path):
@@ -149,11 +153,28 @@ def wait_for(predicate, timeout=30.0):
     return False
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int) -> dict[tuple[str, str], float]:
+    """{(sample name, target label): value} from the agent's /metrics, {} if unreachable."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    return {(s.name, s.labels.get("target", "")): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def start_agent(config, root, *extra, stderr=subprocess.PIPE):
     env = dict(os.environ, **{ALLOW_FAKE_ENV: "1"})
     return subprocess.Popen(
         [sys.executable, "-m", "headroom.cli", "agent", "--standalone", "--config", str(config),
-         "--cgroup-root", str(root), *extra],
+         "--cgroup-root", str(root), "--metrics-address", "127.0.0.1", *extra],
         env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
@@ -164,11 +185,15 @@ def test_cli_applies_rescans_and_restores_on_signal(sig, tmp_path, cgroup_tree):
     cgroup_tree.write("app.slice/b.service", "memory.high", f"{512 * MiB}\n")
     p = tmp_path / "c.yaml"
     p.write_text(GOOD)
-    proc = start_agent(p, cgroup_tree.root)
+    port = free_port()
+    proc = start_agent(p, cgroup_tree.root, "--metrics-port", str(port))
     try:
         applied = str(256 * MiB)
         assert wait_for(lambda: cgroup_tree.high("app.slice/a.service") == applied
                         and cgroup_tree.high("app.slice/b.service") == applied)
+        # the same Prometheus series as cluster mode, the cgroup path as target label
+        assert wait_for(lambda: scrape(port).get(
+            ("headroom_memory_high_bytes", "app.slice/a.service")) == 256 * MiB)
         cgroup_tree.add("app.slice/new.service", current=10 * MiB)  # picked up by a rescan
         assert wait_for(lambda: cgroup_tree.high("app.slice/new.service") == applied)
         cgroup_tree.remove("app.slice/new.service")  # vanishes while managed
@@ -193,7 +218,8 @@ def test_cli_dry_run_writes_nothing(tmp_path, cgroup_tree):
     p.write_text(GOOD)
     log = tmp_path / "agent.log"
     with log.open("w") as logf:
-        proc = start_agent(p, cgroup_tree.root, "--dry-run", stderr=logf)
+        proc = start_agent(p, cgroup_tree.root, "--dry-run", "--metrics-port", "0",
+                           stderr=logf)
         try:
             assert wait_for(lambda: '"event": "dry_run_reclaim"' in log.read_text())
             proc.send_signal(signal.SIGTERM)
@@ -207,7 +233,8 @@ def test_cli_dry_run_writes_nothing(tmp_path, cgroup_tree):
 
 
 def test_shipped_example_is_valid():
-    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "standalone", "headroom.yaml")
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "standalone",
+                           "headroom.yaml")
     cfg = standalone_config.load(example)
     assert [e.glob for e in cfg.entries] == ["workload.slice/*.service", "batch.slice/*",
                                              "system.slice/*.service"]

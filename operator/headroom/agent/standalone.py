@@ -21,6 +21,7 @@ from typing import Any
 from headroom.agent import logs
 from headroom.agent.engine import ReclaimEngine, Target, TargetStats
 from headroom.agent.logs import event
+from headroom.agent.metrics import AgentMetrics
 from headroom.agent.standalone_config import Config, ConfigError, load
 from headroom.cgroup import CgroupError, CgroupRoot
 
@@ -98,11 +99,20 @@ def run(args: argparse.Namespace) -> int:
           entries=len(cfg.entries), dry_run=args.dry_run, cpu_budget_cores=cfg.cpu_budget
           or args.cpu_budget, fake_root=root.fake)
     warned: set[str] = set()
+    labels: dict[str, Mapping[str, str]] = {}
+    metrics = AgentMetrics()
+    metrics.watch_engine(engine, lambda key: labels.get(key, {}))
+    try:
+        metrics.serve(args.metrics_port, args.metrics_address)
+    except OSError as e:  # a taken port must not stop reclaim: metrics are secondary
+        event(log, "metrics_unavailable", logging.WARNING, port=args.metrics_port, error=str(e))
     engine.start()
     try:
         next_summary = time.monotonic() + cfg.summary_interval
         while not stop.is_set():
-            engine.set_targets(scan(root, cfg, warned))
+            targets = scan(root, cfg, warned)
+            labels.update((t.key, t.labels) for t in targets)
+            engine.set_targets(targets)
             if cfg.summary_interval and time.monotonic() >= next_summary:
                 event(log, "summary", **summary(engine.snapshot()),
                       capabilities=dataclasses.asdict(engine.capabilities))
