@@ -131,10 +131,11 @@ def find_pod_cgroup(dirs: list[str], uid: str) -> str:
     return hits[0]
 
 
-def ready_condition(obj: dict[str, Any]) -> str | None:
+def ready_condition(obj: dict[str, Any]) -> tuple[str, str] | None:
+    """(status, reason) of the Ready condition, e.g. ("True", "Enforced")."""
     for cond in obj.get("status", {}).get("conditions", []):
         if cond.get("type") == "Ready":
-            return str(cond.get("status"))
+            return str(cond.get("status")), str(cond.get("reason"))
     return None
 
 
@@ -172,6 +173,14 @@ def test_find_pod_cgroup_for_both_drivers() -> None:
     assert find_pod_cgroup(cgroupfs, uid) == cgroupfs[1]
     with pytest.raises(LookupError):
         find_pod_cgroup(cgroupfs[:1], uid)
+
+
+def test_ready_condition() -> None:
+    policy = {"status": {"conditions": [
+        {"type": "Valid", "status": "True", "reason": "Valid"},
+        {"type": "Ready", "status": "False", "reason": "Pending"}]}}
+    assert ready_condition(policy) == ("False", "Pending")
+    assert ready_condition({}) is None
 
 
 def test_install_doc_runs_the_same_commands() -> None:
@@ -333,7 +342,8 @@ def test_install_apply_enforce_uninstall(kind_cluster: Kind) -> None:
         wait_for("the agent to report reclaimed bytes", reclaimed, timeout=60)
 
     # 5. the policy reports Ready
-    wait_for("policy Ready=True", lambda: ready_condition(k.get(*POLICY)) == "True")
+    wait_for("policy Ready=True (Enforced)",
+             lambda: ready_condition(k.get(*POLICY)) == ("True", "Enforced"))
 
     # 6. helm uninstall: the agents restore memory.high before they exit
     run(["helm", "uninstall", RELEASE, "--namespace", NAMESPACE, "--wait"], env=k.env)
