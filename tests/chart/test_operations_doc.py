@@ -1,0 +1,44 @@
+"""docs/operations.md documents every metric the agent exposes, and no other."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from headroom.agent.accounting import TargetStats
+from headroom.agent.metrics import AgentMetrics, TargetSample
+from headroom.cgroup import Capabilities
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def exposed_metric_names() -> set[str]:
+    """Names in the agent's /metrics text, with one pod and probed capabilities."""
+    metrics = AgentMetrics()
+    stats = TargetStats(applied=True, reason="Applied", memory_high=1 << 28, usage_bytes=1)
+    sample = TargetSample("uid-1", {"namespace": "default", "pod": "web-0"}, stats)
+    metrics.watch(lambda: [sample], lambda: Capabilities(True, False, True))
+    metrics.status_writes.labels(result="ok").inc()
+    metrics.events.labels(reason="MemoryHighReached").inc()
+    names = set()
+    for line in metrics.text().splitlines():
+        if line and not line.startswith("#"):
+            name = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line)
+            assert name
+            names.add(name.group(0))
+    # prometheus_client adds a _created series to counters; it is not documented
+    return {n for n in names if not n.endswith("_created")}
+
+
+def documented_metric_names() -> set[str]:
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    section = doc.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `(headroom_[a-z_]+)`", section, re.MULTILINE))
+
+
+def test_every_exposed_metric_is_documented_and_nothing_else() -> None:
+    exposed = exposed_metric_names()
+    assert len(exposed) >= 10
+    documented = documented_metric_names()
+    assert exposed - documented == set(), "undocumented metrics"
+    assert documented - exposed == set(), "documented metrics the agent does not expose"
