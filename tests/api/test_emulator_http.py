@@ -14,7 +14,7 @@ import urllib.request
 from typing import Any
 
 import yaml
-from conftest import CRDS, ROOT, Cluster, kubectl_binary, node, policy, wait_for
+from api_helpers import CRDS, ROOT, Cluster, kubectl_binary, node, policy, wait_for
 from emulator import write_kubeconfig
 
 # the policy manifests (examples/ also holds a standalone agent config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from conftest import Cluster, node, pod, policy
+from api_helpers import Cluster, node, pod, policy
 from kube_selectors import SelectorError, compile_selectors
 from kube_store import ApiError
 

@@ -6,7 +6,7 @@ import subprocess
 from typing import Any
 
 import yaml
-from conftest import Cluster, OperatorThread, node, pod, policy, wait_for
+from api_helpers import Cluster, OperatorThread, node, pod, policy, wait_for
 
 MI = 1 << 20
 
