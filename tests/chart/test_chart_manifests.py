@@ -158,6 +158,7 @@ def test_agent_container_args_and_env_are_understood(
     assert args.state_dir == "/var/lib/headroom"
     assert args.metrics_port == 9808
     assert args.cpu_budget == 0.5
+    assert (args.cgroup_driver, args.kubelet_cgroup_root) == ("auto", "auto")
     assert args.dry_run is False
     cli_source = Path(agent_cli.__file__).read_text()
     for name in env_of(c):

@@ -149,17 +149,20 @@ def test_node_restriction_policy_needs_the_api_and_can_be_disabled(helm: Path) -
 
 def test_dry_run_and_tunables_reach_the_agent(helm: Path, tmp_path: Path) -> None:
     values = tmp_path / "values.yaml"
-    values.write_text("agent: {dryRun: true, cpuBudget: 0.25, cgroupDriver: systemd}\n")
+    values.write_text("agent: {dryRun: true, cpuBudget: 0.25, cgroupDriver: systemd,"
+                      " kubeletCgroupRoot: /custom/path}\n")
     c = container(one(render(helm, values_files=(values,)), "DaemonSet"))
     env = env_of(c)
     assert env["HEADROOM_DRY_RUN"] == "true"
     assert env["HEADROOM_CPU_BUDGET"] == "0.25"
     assert env["HEADROOM_CGROUP_DRIVER"] == "systemd"
+    assert env["HEADROOM_KUBELET_CGROUP_ROOT"] == "/custom/path"
 
 
 REJECTED: dict[str, tuple[dict[str, str], str]] = {
     "unknown key": ({"agent.cgroupRoot": "/x"}, "additional properties"),
     "bad driver": ({"agent.cgroupDriver": "docker"}, "cgroupDriver"),
+    "relative kubelet root": ({"agent.kubeletCgroupRoot": "kubelet"}, "kubeletCgroupRoot"),
     "zero budget": ({"agent.cpuBudget": "0"}, "cpuBudget"),
     "relative state dir": ({"agent.stateDir": "var/lib/x"}, "stateDir"),
     "port out of range": ({"metrics.port": "70000"}, "port"),

@@ -50,18 +50,9 @@ E2E_VALUES = ["--set", "image.repository=headroom", "--set", "image.tag=e2e",
               "--set", "image.pullPolicy=Never", "--set", "agent.statusInterval=5"]
 APPLY_EXAMPLE = ["kubectl", "apply", "-f", EXAMPLE]
 OBSERVE_SECONDS = 60
-# kind nests the kubelet's pods under cgroupRoot /kubelet (kubelet.slice/
-# kubelet-kubepods.slice/...); the agent looks for the standard layout of a node
-# whose kubelet uses the default cgroup root (kubepods.slice/...), so the
-# cluster is created with that default.
-KIND_CONFIG = """\
-kind: Cluster
-apiVersion: kind.x-k8s.io/v1alpha4
-kubeadmConfigPatches:
-  - |
-    kind: KubeletConfiguration
-    cgroupRoot: /
-"""
+# kind's default layout: the kubelet runs with cgroupRoot /kubelet, so pods live under
+# kubelet.slice/kubelet-kubepods.slice/... (systemd driver); the agent's default
+# kubeletCgroupRoot "auto" finds them there.
 
 # Streams page cache: writes a file 1.5x the pod's limit, then reads it in a loop at
 # a bounded rate (64 MiB/s), so usage climbs to memory.high over and over.
@@ -268,10 +259,8 @@ def kind_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kind]:
     name = f"headroom-e2e-{uuid.uuid4().hex[:6]}"
     kubeconfig = tmp / "kubeconfig"
     env["KUBECONFIG"] = str(kubeconfig)
-    config = tmp / "kind.yaml"
-    config.write_text(KIND_CONFIG)
     create = ["kind", "create", "cluster", "--name", name, "--kubeconfig", str(kubeconfig),
-              "--config", str(config), "--wait", "180s"]
+              "--wait", "180s"]
     if os.environ.get("HEADROOM_KIND_NODE_IMAGE"):
         create += ["--image", os.environ["HEADROOM_KIND_NODE_IMAGE"]]
     run(create, env=env, timeout=900)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from fake_kubepods import PARENTS, make_kubepods, make_pod, pod_rel
+from fake_kubepods import DEFAULT_ROOT, KIND_ROOT, make_kubepods, make_pod, parents, pod_rel
 from headroom.agent.cluster import ClusterAgent, parse_plan
 from headroom.agent.engine import ReclaimEngine
 from headroom.agent.events import EventRecorder
@@ -89,18 +89,20 @@ def state(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
+@pytest.mark.parametrize("kubelet_root", [DEFAULT_ROOT, KIND_ROOT], ids=["root", "kind"])
 def test_plan_sets_memory_high_in_pod_dirs_only(fake_kernel: FakeKernel, cgroup_tree: FakeTree,
-                                                 driver: Driver, state: Path) -> None:
-    make_kubepods(cgroup_tree, driver)
+                                                 driver: Driver, state: Path,
+                                                 kubelet_root: tuple[str, ...]) -> None:
+    make_kubepods(cgroup_tree, driver, kubelet_root)
     for uid, qos in ((A, "Burstable"), (B, "Guaranteed"), (C, "BestEffort")):
-        make_pod(cgroup_tree, driver, uid, qos, current=100 * MiB)
-    h = Harness(fake_kernel, state)
+        make_pod(cgroup_tree, driver, uid, qos, current=100 * MiB, kubelet_root=kubelet_root)
+    h = Harness(fake_kernel, state)   # driver and kubelet cgroup root auto-detected
     h.agent.start()
     h.agent.set_plan(plan(pod(A), pod(B, "Guaranteed", 512 * MiB), pod(C, "BestEffort")))
-    assert cgroup_tree.high(pod_rel(driver, A, "Burstable")) == str(256 * MiB)
-    assert cgroup_tree.high(pod_rel(driver, B, "Guaranteed")) == str(512 * MiB)
-    assert cgroup_tree.high(pod_rel(driver, C, "BestEffort")) == str(256 * MiB)
-    for parent in PARENTS[driver]:
+    assert cgroup_tree.high(pod_rel(driver, A, "Burstable", kubelet_root)) == str(256 * MiB)
+    assert cgroup_tree.high(pod_rel(driver, B, "Guaranteed", kubelet_root)) == str(512 * MiB)
+    assert cgroup_tree.high(pod_rel(driver, C, "BestEffort", kubelet_root)) == str(256 * MiB)
+    for parent in parents(driver, kubelet_root):
         assert cgroup_tree.high(parent) == "max"
     assert (cgroup_tree.root / "memory.high").exists() is False
     status = h.agent.status()

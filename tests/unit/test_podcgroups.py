@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from fake_kubepods import make_kubepods, make_pod
+from fake_kubepods import KIND_ROOT, make_kubepods, make_pod, parents, pod_rel
 from headroom.agent.podcgroups import (
     Driver,
+    Layout,
     PodCgroupError,
-    detect_driver,
+    candidate_layouts,
+    detect_layout,
     make_resolver,
+    parse_kubelet_root,
     relative_path,
     valid_uid,
 )
@@ -72,7 +75,7 @@ def test_auto_detection_finds_pods(cgroup_tree: FakeTree, driver: Driver, qos: s
 
 
 def test_no_kubepods_yet_is_cgroup_not_found(tmp_path: Path) -> None:
-    assert detect_driver(tmp_path) is None
+    assert detect_layout(tmp_path, candidate_layouts(None, None)) is None
     with pytest.raises(PodCgroupError) as e:
         make_resolver(tmp_path).find(UID, "Burstable")
     assert e.value.reason == "CgroupNotFound"
@@ -121,7 +124,7 @@ def test_symlinked_parent_is_refused(tmp_path: Path, cgroup_tree: FakeTree) -> N
     make_pod(elsewhere, Driver.SYSTEMD, UID, "Guaranteed")
     os.symlink(elsewhere.root / "kubepods.slice", root / "kubepods.slice")
     # a symlinked kubepods does not count as a driver's hierarchy ...
-    assert detect_driver(root) is None
+    assert detect_layout(root, candidate_layouts(None, None)) is None
     # ... nor is it followed when the driver is given.
     with pytest.raises(PodCgroupError) as e:
         make_resolver(root, "systemd").find(UID, "Guaranteed")
@@ -143,3 +146,118 @@ def test_only_pod_level_dirs_are_returned(cgroup_tree: FakeTree) -> None:
     assert found != cgroup_tree.root
     assert found.name.startswith("kubepods-burstable-pod")
     assert found.parent.name == "kubepods-burstable.slice"
+
+
+# ---- kubelet --cgroup-root ----------------------------------------------------------
+
+UID_ = UID.replace("-", "_")
+
+
+@pytest.mark.parametrize(
+    ("qos", "driver", "root", "expected"),
+    [
+        ("Burstable", Driver.SYSTEMD, "/kubelet",
+         "kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/"
+         f"kubelet-kubepods-burstable-pod{UID_}.slice"),
+        ("BestEffort", Driver.SYSTEMD, "/kubelet",
+         "kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/"
+         f"kubelet-kubepods-besteffort-pod{UID_}.slice"),
+        ("Guaranteed", Driver.SYSTEMD, "/kubelet",
+         f"kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod{UID_}.slice"),
+        ("Burstable", Driver.CGROUPFS, "/kubelet", f"kubelet/kubepods/burstable/pod{UID}"),
+        ("Guaranteed", Driver.CGROUPFS, "/kubelet", f"kubelet/kubepods/pod{UID}"),
+        # several components: one slice per prefix; '-' inside a component becomes '_'
+        ("Burstable", Driver.SYSTEMD, "/custom/my-path",
+         "custom.slice/custom-my_path.slice/custom-my_path-kubepods.slice/"
+         "custom-my_path-kubepods-burstable.slice/"
+         f"custom-my_path-kubepods-burstable-pod{UID_}.slice"),
+        ("Burstable", Driver.CGROUPFS, "/custom/my-path/",
+         f"custom/my-path/kubepods/burstable/pod{UID}"),
+        # the default root, spelled out, is no prefix at all
+        ("Burstable", Driver.SYSTEMD, "/",
+         f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice"),
+    ],
+)
+def test_relative_paths_under_a_kubelet_cgroup_root(qos: str, driver: Driver, root: str,
+                                                    expected: str) -> None:
+    assert str(relative_path(UID, qos, driver, parse_kubelet_root(root))) == expected
+
+
+@pytest.mark.parametrize("value", ["kubelet", "/a/../b", "/a/./b", "/a b", "/a\n", "auto/x",
+                                   "/kube*"])
+def test_bad_kubelet_cgroup_root_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="kubelet cgroup root"):
+        make_resolver("/tmp", "auto", value)
+
+
+@pytest.mark.parametrize("driver", list(Driver))
+@pytest.mark.parametrize("qos", ["Guaranteed", "Burstable", "BestEffort"])
+@pytest.mark.parametrize("configured", ["auto", "/kubelet"])
+def test_finds_pods_under_kinds_kubelet_root(cgroup_tree: FakeTree, driver: Driver, qos: str,
+                                             configured: str) -> None:
+    make_kubepods(cgroup_tree, driver, KIND_ROOT)
+    pod = make_pod(cgroup_tree, driver, UID, qos, kubelet_root=KIND_ROOT)
+    resolver = make_resolver(cgroup_tree.root, "auto", configured)
+    assert resolver.current_layout() == Layout(driver, KIND_ROOT)
+    assert resolver.current_driver() is driver
+    assert resolver.find(UID, qos) == pod
+    # only the pod-level directory: never the kubelet root's or the kubepods parents
+    assert str(pod.relative_to(cgroup_tree.root)) not in parents(driver, KIND_ROOT)
+
+
+@pytest.mark.parametrize("driver", list(Driver))
+def test_explicit_custom_root_is_honoured(cgroup_tree: FakeTree, driver: Driver) -> None:
+    custom = ("custom", "my-path")
+    make_kubepods(cgroup_tree, driver, custom)
+    pod = make_pod(cgroup_tree, driver, UID, "Burstable", kubelet_root=custom)
+    # auto does not look there ...
+    with pytest.raises(PodCgroupError) as e:
+        make_resolver(cgroup_tree.root, str(driver), "auto").find(UID, "Burstable")
+    assert e.value.reason == "CgroupNotFound" and "looked for" in str(e.value)
+    # ... the explicit root does, with the driver given or detected
+    for d in (str(driver), "auto"):
+        assert make_resolver(cgroup_tree.root, d, "/custom/my-path").find(UID, "Burstable") == pod
+
+
+def test_explicit_root_does_not_look_at_the_default_layout(cgroup_tree: FakeTree) -> None:
+    make_kubepods(cgroup_tree, Driver.SYSTEMD)
+    make_pod(cgroup_tree, Driver.SYSTEMD, UID, "Burstable")
+    resolver = make_resolver(cgroup_tree.root, "auto", "/kubelet")
+    assert resolver.current_layout() is None
+    with pytest.raises(PodCgroupError) as e:
+        resolver.find(UID, "Burstable")
+    assert e.value.reason == "CgroupNotFound"
+    assert "kubelet.slice/kubelet-kubepods.slice" in str(e.value)
+
+
+def test_default_root_wins_when_both_exist(cgroup_tree: FakeTree) -> None:
+    make_kubepods(cgroup_tree, Driver.CGROUPFS, KIND_ROOT)
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    assert make_resolver(cgroup_tree.root).current_layout() == Layout(Driver.CGROUPFS, ())
+
+
+@pytest.mark.parametrize("driver", list(Driver))
+def test_symlinked_kubelet_root_is_refused(tmp_path: Path, cgroup_tree: FakeTree,
+                                           driver: Driver) -> None:
+    """A symlink in place of kubelet.slice / kubelet: not detected, never followed."""
+    elsewhere = type(cgroup_tree)(tmp_path / "elsewhere")
+    make_kubepods(elsewhere, driver, KIND_ROOT)
+    make_pod(elsewhere, driver, UID, "Burstable", kubelet_root=KIND_ROOT)
+    top = parents(driver, KIND_ROOT)[0]
+    os.symlink(elsewhere.root / top, cgroup_tree.root / top)
+    assert make_resolver(cgroup_tree.root).current_layout() is None
+    with pytest.raises(PodCgroupError) as e:
+        make_resolver(cgroup_tree.root, str(driver), "/kubelet").find(UID, "Burstable")
+    assert e.value.reason == "UnsafePath"
+
+
+@pytest.mark.parametrize("driver", list(Driver))
+def test_symlinked_pod_dir_under_kind_root_is_refused(tmp_path: Path, cgroup_tree: FakeTree,
+                                                      driver: Driver) -> None:
+    make_kubepods(cgroup_tree, driver, KIND_ROOT)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, cgroup_tree.root / pod_rel(driver, UID, "Burstable", KIND_ROOT))
+    with pytest.raises(PodCgroupError) as e:
+        make_resolver(cgroup_tree.root).find(UID, "Burstable")
+    assert e.value.reason == "UnsafePath"

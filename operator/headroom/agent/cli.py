@@ -35,6 +35,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--cgroup-driver", choices=["auto", "systemd", "cgroupfs"],
                    default=_env("HEADROOM_CGROUP_DRIVER", "auto"),
                    help="kubelet cgroup driver (env HEADROOM_CGROUP_DRIVER, default %(default)s)")
+    p.add_argument("--kubelet-cgroup-root", metavar="PATH",
+                   default=_env("HEADROOM_KUBELET_CGROUP_ROOT", "auto"),
+                   help="cluster mode: the kubelet's --cgroup-root (cgroupRoot), e.g. / or "
+                        "/kubelet (kind); auto looks for both "
+                        "(env HEADROOM_KUBELET_CGROUP_ROOT, default %(default)s)")
     p.add_argument("--metrics-port", type=int, default=int(_env("HEADROOM_METRICS_PORT", 9808)),
                    help="Prometheus metrics port, 0 to disable "
                         "(env HEADROOM_METRICS_PORT, default %(default)s)")

@@ -413,10 +413,15 @@ def run(args: argparse.Namespace) -> int:
     custom = client.CustomObjectsApi(api_client)
     core = client.CoreV1Api(api_client)
     root = CgroupRoot(args.cgroup_root)   # verifies cgroup2fs (or the test override)
+    try:
+        resolver = make_resolver(root.path, args.cgroup_driver, args.kubelet_cgroup_root)
+    except ValueError as e:
+        event(log, "config_error", logging.ERROR, error=str(e))
+        return 2
     engine = ReclaimEngine(root, cpu_budget_cores=args.cpu_budget, dry_run=args.dry_run)
     metrics = AgentMetrics()
     agent = ClusterAgent(
-        engine=engine, root=root, resolver=make_resolver(root.path, args.cgroup_driver),
+        engine=engine, root=root, resolver=resolver,
         store=StateStore(args.state_dir), node=node, default_cpu_budget=args.cpu_budget,
         dry_run=args.dry_run, write_status=_status_writer(custom, node),
         events=EventRecorder(kubernetes_poster(core), node,
@@ -435,6 +440,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     event(log, "agent_starting", node=node, cgroup_root=str(root.path),
+          cgroup_driver=args.cgroup_driver, kubelet_cgroup_root=args.kubelet_cgroup_root,
           state_dir=str(args.state_dir), dry_run=args.dry_run, version=__version__,
           pid=os.getpid())
     engine.start()
