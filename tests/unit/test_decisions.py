@@ -149,3 +149,21 @@ class TestPressure:
 
     def test_bounded_by_step(self):
         assert d.pressure_step(100000 * MiB, 0.0, 0.1, 16 * MiB, 0.01) == 16 * MiB
+
+
+class TestLowering:
+    def test_raising_or_keeping_never_waits(self):
+        assert not d.lowering_needed(900 * MiB, 800 * MiB, 800 * MiB, 5)
+        assert not d.lowering_needed(900 * MiB, 800 * MiB, 1000 * MiB, 5)
+
+    def test_lowering_below_usage_waits(self):
+        assert d.lowering_needed(900 * MiB, None, 800 * MiB, 5)
+        assert d.lowering_needed(900 * MiB, 1000 * MiB, 800 * MiB, 5)
+
+    def test_close_to_usage_waits_until_below_the_watermark_start(self):
+        assert d.lowering_needed(760 * MiB, None, 800 * MiB, 5)       # start is 760 MiB
+        assert not d.lowering_needed(760 * MiB - d.PAGE_SIZE, None, 800 * MiB, 5)
+
+    def test_zero_margin_waits_only_while_the_write_would_reclaim(self):
+        assert d.lowering_needed(800 * MiB, None, 800 * MiB, 0)
+        assert not d.lowering_needed(800 * MiB - d.PAGE_SIZE, None, 800 * MiB, 0)

@@ -8,7 +8,9 @@ import time
 
 import pytest
 from headroom.agent import engine as engine_mod
+from headroom.agent.decisions import PAGE_SIZE as PAGE
 from headroom.agent.engine import ReclaimEngine, ReclaimSettings, Target
+from headroom.cgroup import Cgroup
 
 MiB = 1 << 20
 HIGH = 256 * MiB
@@ -368,6 +370,154 @@ def test_invalid_settings_rejected(sim, fake_kernel):
     with pytest.raises(ValueError, match="target_percent"):
         sim.engine.set_targets([sim.target("a", headroom_percent=10, target_percent=5)])
     assert fake_kernel.tree.high("a") == "max"
+
+
+# ---- lowering memory.high below usage: background reclaim first, never in the caller ----
+
+DEADLINE = engine_mod.Tuning().lowering_deadline
+START = int(HIGH * 0.95)   # the watermark start of HIGH with the default 5% headroom
+
+
+@pytest.fixture
+def high_writes(monkeypatch):
+    """Every memory.high write: (cgroup rel, value, memory.current then, thread name)."""
+    writes = []
+    real = Cgroup.write_high
+
+    def recording(cg, value):
+        writes.append((cg.rel, value, cg.read_current(), threading.current_thread().name))
+        real(cg, value)
+
+    monkeypatch.setattr(Cgroup, "write_high", recording)
+    return writes
+
+
+def test_lowering_below_usage_waits_for_background_reclaim(sim, fake_kernel, high_writes):
+    fake_kernel.tree.add("web", current=300 * MiB)   # memory.high "max"
+    sim.engine.set_targets([sim.target("web")])
+    # set_targets neither wrote memory.high nor reclaimed (beyond the one-page probe)
+    assert fake_kernel.tree.high("web") == "max" and high_writes == []
+    assert [n for _, n, _ in fake_kernel.reclaim_calls] == [PAGE]
+    st = sim.stats("web")
+    assert (st.applied, st.reason, st.memory_high) == (False, "Lowering", HIGH)
+    assert sim.engine.originals() == {"web": None}
+    sim.run(1.0)
+    assert [(rel, value) for rel, value, _, _ in high_writes] == [("web", HIGH)]
+    assert high_writes[0][2] < START, "memory.high written while usage was above its watermark"
+    st = sim.stats("web")
+    assert (st.applied, st.reason) == (True, "Applied")
+    assert all(n <= 16 * MiB for _, n, _ in fake_kernel.reclaim_calls)
+    assert st.reclaimed_bytes >= 300 * MiB - START
+    assert fake_kernel.tree.current("web") <= int(HIGH * 0.9) + PAGE   # down to the target
+
+
+def test_lowering_is_written_at_the_deadline_when_reclaim_cannot_get_there(
+        sim, fake_kernel, high_writes):
+    fake_kernel.tree.add("anon", current=300 * MiB)
+    fake_kernel.floor["anon"] = 300 * MiB   # nothing reclaimable
+    sim.engine.set_targets([sim.target("anon")])
+    sim.run(DEADLINE - 0.5)
+    st = sim.stats("anon")
+    assert fake_kernel.tree.high("anon") == "max" and high_writes == []
+    assert st.reason == "Lowering" and st.eagain_count > 0
+    # the EAGAIN back-off would next look at ~11.3 s; the deadline is kept anyway
+    sim.run(0.6)
+    assert [(rel, value) for rel, value, _, _ in high_writes] == [("anon", HIGH)]
+    st = sim.stats("anon")
+    assert (st.applied, st.reason) == (True, "Applied")
+    sim.run(6.0)   # and it stays written: no drift, no second write
+    assert len(high_writes) == 1 and sim.stats("anon").drift_corrections == 0
+
+
+def test_update_while_lowering_keeps_the_deadline(sim, fake_kernel, high_writes):
+    fake_kernel.tree.add("anon", current=300 * MiB)
+    fake_kernel.floor["anon"] = 300 * MiB
+    sim.engine.set_targets([sim.target("anon")])
+    sim.run(DEADLINE / 2)
+    sim.engine.set_targets([sim.target("anon", high=200 * MiB)])
+    assert sim.stats("anon").reason == "Lowering"
+    sim.run(DEADLINE / 2 + 0.1)
+    assert [(rel, value) for rel, value, _, _ in high_writes] == [("anon", 200 * MiB)]
+
+
+def test_raising_memory_high_is_written_at_once(sim, fake_kernel):
+    fake_kernel.tree.add("a", current=300 * MiB, high=200 * MiB)
+    sim.engine.set_targets([sim.target("a")])
+    assert fake_kernel.tree.high("a") == str(HIGH)
+    assert sim.stats("a").reason == "Applied"
+
+
+def test_target_removed_while_lowering_is_left_as_found(sim, fake_kernel, high_writes):
+    fake_kernel.tree.add("a", current=300 * MiB)
+    fake_kernel.floor["a"] = 300 * MiB
+    sim.engine.set_targets([sim.target("a")])
+    sim.run(1.0)
+    sim.engine.set_targets([])
+    sim.run(DEADLINE)
+    assert fake_kernel.tree.high("a") == "max" and high_writes == []
+
+
+def test_off_mode_reclaims_only_what_lowering_needs(sim, fake_kernel, high_writes):
+    fake_kernel.tree.add("a", current=300 * MiB)
+    sim.engine.set_targets([sim.target("a", mode="Off")])
+    assert fake_kernel.tree.high("a") == "max" and sim.stats("a").reason == "Lowering"
+    sim.run(2.0)
+    assert [(rel, value) for rel, value, _, _ in high_writes] == [("a", HIGH)]
+    assert high_writes[0][2] < HIGH
+    # no watermark episode in Off mode: at most one step below memory.high
+    assert HIGH - 16 * MiB <= fake_kernel.tree.current("a") < HIGH
+    calls = len(fake_kernel.reclaim_calls)
+    sim.run(3.0)
+    assert len(fake_kernel.reclaim_calls) == calls
+
+
+def test_without_memory_reclaim_the_lowering_is_written_by_the_engine(
+        sim, fake_kernel, high_writes):
+    fake_kernel.tree.add("old", current=300 * MiB, reclaim_file=False)   # kernel < 5.19
+    sim.engine.set_targets([sim.target("old")])
+    assert sim.engine.capabilities.memory_reclaim is False
+    assert fake_kernel.tree.high("old") == "max" and sim.stats("old").reason == "Lowering"
+    sim.step(0.0)   # at once, but by the engine (a worker when it has them), not set_targets
+    assert fake_kernel.tree.high("old") == str(HIGH)
+    assert sim.stats("old").reason == "Applied"
+    assert fake_kernel.reclaim_calls == []
+
+
+def test_drift_above_usage_is_put_back_by_lowering(sim, fake_kernel, high_writes):
+    fake_kernel.tree.add("a", current=100 * MiB)
+    sim.engine.set_targets([sim.target("a")])
+    high_writes.clear()
+    # someone raises memory.high, and usage follows into unreclaimable memory
+    fake_kernel.tree.write("a", "memory.high", "max\n")
+    fake_kernel.tree.write("a", "memory.current", f"{300 * MiB}\n")
+    fake_kernel.floor["a"] = 300 * MiB
+    sim.run(6.0)   # the drift check (every 5 s) found it
+    st = sim.stats("a")
+    assert st.drift_corrections == 1 and st.reason == "Lowering"
+    assert fake_kernel.tree.high("a") == "max" and high_writes == []
+    fake_kernel.floor["a"] = 0   # reclaimable again: the next attempts get it down
+    sim.run(6.0)
+    assert [(rel, value) for rel, value, _, _ in high_writes] == [("a", HIGH)]
+    assert high_writes[0][2] < START
+    assert sim.stats("a").reason == "Applied"
+
+
+def test_threaded_lowering_is_never_written_by_the_caller(fake_kernel, high_writes):
+    """Real threads and clock; asserts outcomes only, never timings."""
+    fake_kernel.tree.add("web", current=300 * MiB)
+    eng = ReclaimEngine(fake_kernel, cpu_budget_cores=1.0, workers=2)
+    eng.start()
+    try:
+        eng.set_targets([Target("web", fake_kernel.tree.path("web"), HIGH)])
+        deadline = time.monotonic() + 60
+        while eng.snapshot()["web"].reason != "Applied" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert eng.snapshot()["web"].reason == "Applied"
+    finally:
+        eng.stop(restore=False)
+    assert [(rel, value) for rel, value, _, _ in high_writes] == [("web", HIGH)]
+    _, _, usage, thread = high_writes[0]
+    assert usage < START and thread != threading.current_thread().name
 
 
 def test_threaded_engine_reclaims_and_restores(fake_kernel):

@@ -16,6 +16,7 @@ APPLIED = "Applied"
 DRY_RUN = "DryRun"
 NOT_FOUND = "CgroupNotFound"
 ERROR = "Error"
+LOWERING = "Lowering"   # memory.high waits for background reclaim before it is lowered
 
 
 @dataclass
@@ -24,7 +25,7 @@ class TargetStats:
 
     applied: bool = False
     reason: str = "Pending"
-    memory_high: int | None = None           # applied (or, in dry run, intended) memory.high
+    memory_high: int | None = None           # applied (dry run, Lowering: intended) memory.high
     original_memory_high: int | None = None  # what was there before; None = "max"
     usage_bytes: int = 0
     reclaimed_bytes: int = 0
@@ -56,6 +57,8 @@ class CgroupState:
     original: int | None = None
     written_high: int | None = None          # last value we wrote (None: we have not written)
     effective_high: int | None = None        # the limit the watermark is computed from
+    lowering_to: int | None = None           # memory.high to write once usage is below its
+    lowering_deadline: float = 0.0           # watermark; written anyway from this time on
     # baselines at takeover
     events_base: int = 0
     psi_base_us: int = 0

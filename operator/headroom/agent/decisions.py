@@ -32,6 +32,8 @@ class Tuning:
     psi_stall_us: int = 20_000      # PSI trigger: 20 ms of "some" stall ...
     psi_window_us: int = 1_000_000  # ... within 1 s wakes the cgroup at once
     budget_burst_seconds: float = 1.0  # CPU budget bucket depth, in seconds of budget
+    lowering_deadline: float = 10.0    # a memory.high lowered below usage is written after
+                                       # at most this long of background reclaim, reclaimed or not
 
 
 def page_down(n: float) -> int:
@@ -46,11 +48,27 @@ def page_up(n: float) -> int:
 # --- Watermark mode ----------------------------------------------------------------
 
 
+def watermark_start(high: int, headroom_percent: float) -> int:
+    """Usage at which reclaim starts below `high`."""
+    return page_down(high * (1 - headroom_percent / 100))
+
+
 def watermark_levels(high: int, headroom_percent: float, target_percent: float) -> tuple[int, int]:
     """(start, target): reclaim starts when usage reaches `start` and goes down to `target`."""
-    start = page_down(high * (1 - headroom_percent / 100))
+    start = watermark_start(high, headroom_percent)
     target = page_down(high * (1 - target_percent / 100))
     return start, min(target, start)
+
+
+def lowering_needed(usage: int, current_high: int | None, new_high: int,
+                    headroom_percent: float) -> bool:
+    """Whether memory.high must not be written as `new_high` yet: writing a memory.high
+    below usage makes the *writer* reclaim synchronously (and the workload throttle), so
+    a value lower than the one in effect (`current_high`, None = max) waits until usage
+    is below its watermark start; raising or keeping it never waits."""
+    if current_high is not None and new_high >= current_high:
+        return False
+    return usage >= watermark_start(new_high, headroom_percent)
 
 
 def watermark_step(usage: int, start: int, target: int, step_bytes: int,

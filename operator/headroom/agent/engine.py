@@ -8,6 +8,12 @@ block, so writes go to a small worker pool: a slow cgroup occupies one worker
 while the scheduler keeps checking the others. A cgroup never has two writes
 in flight. `workers=0` runs writes inline, which with `tick(now)` makes the
 engine fully deterministic for tests.
+
+memory.high is never lowered below usage by a write: that would make the
+writer reclaim synchronously (and the workload throttle). A lower value waits
+("Lowering") while the ordinary watermark reclaim, on the workers and within
+the budgets, brings usage under the new value's watermark; then it is written,
+or after `Tuning.lowering_deadline` anyway, on a worker.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from headroom.agent.accounting import (
     APPLIED,
     DRY_RUN,
     ERROR,
+    LOWERING,
     NOT_FOUND,
     CgroupState,
     TargetStats,
@@ -105,6 +112,7 @@ class _Job:
     nbytes: int
     swappiness: int | None
     usage_before: int
+    high: int | None = None   # set: write this memory.high (a lowering past its deadline)
 
 
 @dataclass(frozen=True)
@@ -118,18 +126,21 @@ class _Result:
 
 
 def _run_job(job: _Job) -> _Result:
-    """One memory.reclaim write, timed with the writing thread's CPU clock: the kernel
-    reclaims in the writer's context, so this is the reclaim's CPU cost."""
+    """One memory.reclaim (or memory.high) write, timed with the writing thread's CPU
+    clock: the kernel reclaims in the writer's context, so this is the reclaim's CPU cost."""
     t0 = time.thread_time()
     outcome, error, rejected = "ok", None, False
     try:
-        try:
-            job.cg.reclaim(job.nbytes, job.swappiness)
-        except UnsupportedKey:
-            if job.swappiness is None:
-                raise
-            rejected = True
-            job.cg.reclaim(job.nbytes, None)
+        if job.high is not None:
+            job.cg.write_high(job.high)
+        else:
+            try:
+                job.cg.reclaim(job.nbytes, job.swappiness)
+            except UnsupportedKey:
+                if job.swappiness is None:
+                    raise
+                rejected = True
+                job.cg.reclaim(job.nbytes, None)
     except PartialReclaim as e:
         outcome, error = "eagain", str(e)
     except CgroupGone as e:
@@ -230,7 +241,8 @@ class ReclaimEngine:
     def set_targets(self, targets: Iterable[Target]) -> None:
         """The full desired set. New keys are taken over, changed ones updated, missing
         ones released (memory.high restored). Targets whose cgroup was missing or
-        unusable are retried. May block while the kernel applies a lower memory.high."""
+        unusable are retried. Never waits for reclaim: a memory.high below (or close
+        to) usage is left to the engine's threads (reason Lowering, module doc)."""
         desired: dict[str, Target] = {}
         for t in targets:
             if t.key in desired:
@@ -361,7 +373,10 @@ class ReclaimEngine:
             return None
         st.stats.lateness_seconds = max(0.0, now - due)
         try:
-            return self._decide(st, now)
+            job = self._decide(st, now)
+            if job is None:
+                self._keep_deadline(st, now)
+            return job
         except CgroupGone as e:
             self._mark_gone(st, str(e))
         except CgroupError as e:
@@ -375,7 +390,7 @@ class ReclaimEngine:
         key, t, s, tn = st.key, st.target, st.target.settings, self.tuning
         usage = st.cg.read_current()
         if now - st.last_stats >= tn.stats_interval:
-            self._refresh_stats(st, now)
+            self._refresh_stats(st, usage, now)
         st.stats.usage_bytes = usage
         if st.last_usage is None:
             st.last_usage, st.last_time = usage, now
@@ -383,7 +398,11 @@ class ReclaimEngine:
             st.rate, st.inst_rate = d.growth(st.rate, st.last_usage, usage, now - st.last_time,
                                              tn.growth_halflife)
             st.last_usage, st.last_time = usage, now
-        if s.mode == "Off":
+        if st.lowering_to is not None:
+            job = self._lowering_check(st, usage, now)
+            if job is not None:
+                return job
+        if s.mode == "Off" and st.lowering_to is None:  # Off reclaims only to lower
             self._queue.schedule(key, now + tn.max_interval)
             return None
 
@@ -425,6 +444,30 @@ class ReclaimEngine:
         swappiness = s.swappiness if self._caps.swappiness_key is not False else None
         return _Job(key, st.generation, st.cg, granted, swappiness, usage)
 
+    def _lowering_check(self, st: CgroupState, usage: int, now: float) -> _Job | None:
+        """A pending lower memory.high: written here once usage is under its watermark
+        (the kernel then has nothing to reclaim); past the deadline a job writes it
+        whatever the usage, on a worker, and the kernel reclaims the rest there."""
+        assert st.cg is not None and st.lowering_to is not None
+        value = st.lowering_to
+        if not self._must_lower(st, usage, st.cg.read_high(), value):
+            st.cg.write_high(value)
+            st.written_high = value
+            self._lowered(st, forced=False)
+            return None
+        if now < st.lowering_deadline:
+            return None   # the watermark reclaim below keeps bringing usage down
+        event(log, "memory_high_lowering_deadline", logging.WARNING, key=st.key,
+              memory_high=value, usage_bytes=usage)
+        st.in_flight = True
+        return _Job(st.key, st.generation, st.cg, 0, None, usage, high=value)
+
+    def _lowered(self, st: CgroupState, forced: bool) -> None:
+        st.lowering_to = None
+        st.stats.applied, st.stats.reason = True, APPLIED
+        event(log, "memory_high_lowered", key=st.key, memory_high=st.written_high,
+              forced=forced)
+
     def _pressure_want(self, st: CgroupState, usage: int, now: float) -> int:
         """Pressure mode: one probe per sampling period, sized from the PSI share since the
         previous sample."""
@@ -441,7 +484,7 @@ class ReclaimEngine:
         return d.pressure_step(usage, share, s.pressure_target_percent, s.step_bytes,
                                tn.pressure_probe_fraction)
 
-    def _refresh_stats(self, st: CgroupState, now: float) -> None:
+    def _refresh_stats(self, st: CgroupState, usage: int, now: float) -> None:
         """Slow-changing readings: high events, PSI total, and memory.high drift."""
         assert st.cg is not None
         st.last_stats = now
@@ -451,12 +494,25 @@ class ReclaimEngine:
             if st.target.memory_high is None:
                 st.effective_high = _limit_of(st.cg)
             return
+        if st.lowering_to is not None:
+            return   # memory.high is not ours yet: nothing drifted
         found = st.cg.read_high()
         if found != st.written_high:
             event(log, "memory_high_drift", logging.WARNING, key=st.key, found=found,
                   expected=st.written_high)
-            st.cg.write_high(st.written_high)
             st.stats.drift_corrections += 1
+            # raised meanwhile and usage followed: putting ours back is a lowering too
+            self._write_or_lower(st, st.written_high, found, usage, now)
+
+    def _keep_deadline(self, st: CgroupState, now: float) -> None:
+        """A pending lowering is looked at again by its deadline at the latest, whatever
+        back-off or bucket delayed the next check."""
+        if st.lowering_to is None or st.failed or st.in_flight:
+            return
+        cap = max(st.lowering_deadline, now + self.tuning.min_interval)
+        due = self._queue.due_of(st.key)
+        if due is None or due > cap:
+            self._queue.schedule(st.key, cap)
 
     def _finish(self, r: _Result, now: float) -> None:
         """Account a finished write and schedule the cgroup's next check."""
@@ -466,6 +522,14 @@ class ReclaimEngine:
         if st is None or st.generation != job.generation:
             return
         st.in_flight = False
+        if job.high is not None:
+            self._finish_high_write(st, r, now)
+        else:
+            self._finish_reclaim(st, r, now)
+        self._keep_deadline(st, now)
+
+    def _finish_reclaim(self, st: CgroupState, r: _Result, now: float) -> None:
+        job = r.job
         stats = st.stats
         stats.reclaim_writes += 1
         stats.reclaim_cpu_seconds += r.cpu_seconds
@@ -508,6 +572,32 @@ class ReclaimEngine:
                   error=r.error, consecutive=st.consecutive_failures, backoff_seconds=backoff)
         self._queue.schedule(job.key, st.backoff_until)
 
+    def _finish_high_write(self, st: CgroupState, r: _Result, now: float) -> None:
+        """Account a lowering written past its deadline: the kernel reclaimed in our
+        worker, so its CPU and the usage it took count as reclaim."""
+        job, stats = r.job, st.stats
+        stats.reclaim_cpu_seconds += r.cpu_seconds
+        if r.outcome == "gone":
+            self._mark_gone(st, r.error or "gone")
+            return
+        if r.usage_after is not None:
+            st.last_usage, st.last_time = r.usage_after, now
+            stats.usage_bytes = r.usage_after
+            stats.reclaimed_bytes += max(0, job.usage_before - r.usage_after)
+        if r.outcome == "ok":
+            st.written_high = job.high
+            if st.lowering_to == job.high:   # not superseded by a newer value meanwhile
+                self._lowered(st, forced=True)
+            self._queue.schedule(job.key, now)
+            return
+        # the write failed (rare: not EAGAIN, which memory.high never answers): still
+        # pending, tried again after the longest back-off
+        st.lowering_deadline = now + self.tuning.eagain_backoff_max
+        stats.last_error = r.error
+        event(log, "memory_high_write_failed", logging.WARNING, key=job.key, error=r.error,
+              retry_seconds=self.tuning.eagain_backoff_max)
+        self._queue.schedule(job.key, st.lowering_deadline)
+
     # --- taking over and releasing ---------------------------------------------------
 
     def _dry(self, t: Target) -> bool:
@@ -535,14 +625,21 @@ class ReclaimEngine:
             if prev is None or prev.failed:
                 st.events_base = st.cg.read_events().get("high", 0)
                 st.psi_base_us = st.cg.read_pressure().some.total_us
-            st.stats.usage_bytes = st.cg.read_current()
+            usage = st.cg.read_current()
+            st.stats.usage_bytes = usage
             if not dry and t.settings.mode != "Off":
                 self._probe(st.cg)
-            self._apply_high(st, None if dry else t.memory_high)
+            if dry or t.memory_high is None:
+                self._restore_high(st)
+            else:
+                if prev is not None and prev.lowering_to is not None:
+                    st.lowering_deadline = prev.lowering_deadline   # the bound stays
+                self._set_high(st, t.memory_high, usage)
             st.effective_high = (t.memory_high if t.memory_high is not None
                                  else _limit_of(st.cg))
             st.stats.memory_high = t.memory_high
-            st.stats.applied, st.stats.reason = True, (DRY_RUN if dry else APPLIED)
+            st.stats.applied, st.stats.reason = ((False, LOWERING) if st.lowering_to is not None
+                                                 else (True, DRY_RUN if dry else APPLIED))
             st.stats.last_error = None
             if t.settings.mode != "Off":
                 st.watches = self._open_watches(st.cg, dry)
@@ -576,20 +673,47 @@ class ReclaimEngine:
                   watches=len(st.watches))
         self._wake()
 
-    def _apply_high(self, st: CgroupState, value: int | None) -> None:
-        """Make memory.high `value` (None: ours no longer wanted -> restore the original)."""
+    def _restore_high(self, st: CgroupState) -> None:
+        """Ours no longer wanted: put the original memory.high back."""
         assert st.cg is not None
-        if value is None:
-            if st.written_high is not None and st.has_original:
-                st.cg.write_high(st.original)
-            st.written_high = None
-            return
+        if st.written_high is not None and st.has_original:
+            st.cg.write_high(st.original)
+        st.written_high = None
+
+    def _set_high(self, st: CgroupState, value: int, usage: int) -> None:
+        """Make memory.high `value`, now or, when that is below (or close to) usage, once
+        the background reclaim got usage under it (see _lowering_check)."""
+        assert st.cg is not None
+        found = st.cg.read_high()
         if not st.has_original:
-            st.original, st.has_original = st.cg.read_high(), True  # before the first write
+            st.original, st.has_original = found, True  # before the first write
         value = d.page_down(value)
-        if st.written_high != value:
+        if st.written_high != value or found != value:
+            self._write_or_lower(st, value, found, usage, self._clock())
+
+    @staticmethod
+    def _must_lower(st: CgroupState, usage: int, found: int | None, value: int) -> bool:
+        """Modes that reclaim keep usage under the watermark anyway, so they wait for it;
+        Off waits only while the write itself would make the kernel reclaim."""
+        s = st.target.settings
+        return d.lowering_needed(usage, found, value,
+                                 0.0 if s.mode == "Off" else s.headroom_percent)
+
+    def _write_or_lower(self, st: CgroupState, value: int, found: int | None, usage: int,
+                        now: float) -> None:
+        assert st.cg is not None
+        if not self._must_lower(st, usage, found, value):
             st.cg.write_high(value)
             st.written_high = value
+            return
+        self._probe(st.cg)   # whether memory.reclaim exists decides how long to wait
+        if st.lowering_to is None and st.lowering_deadline <= now:
+            wait = self.tuning.lowering_deadline if self._caps.memory_reclaim else 0.0
+            st.lowering_deadline = now + wait
+        st.lowering_to = value
+        st.stats.applied, st.stats.reason = False, LOWERING
+        event(log, "memory_high_lowering", key=st.key, memory_high=value, found=found,
+              usage_bytes=usage, deadline_seconds=max(0.0, st.lowering_deadline - now))
 
     def _probe(self, cg: Cgroup) -> None:
         """Probe kernel capabilities once, by trying on the first cgroup that reclaims."""
@@ -644,7 +768,7 @@ class ReclaimEngine:
         if not restore or st.cg is None or st.written_high is None:
             return
         try:
-            self._apply_high(st, None)
+            self._restore_high(st)
             event(log, "memory_high_restored", key=st.key, path=str(st.cg.path),
                   memory_high=st.original)
         except CgroupGone:
