@@ -1,11 +1,20 @@
-"""End-to-end operator benchmark against the API-server emulator (not a test).
+"""End-to-end operator benchmarks against the API-server emulator (not a test).
 
-2,000 pods on 50 nodes; `headroom operator` runs as a subprocess, policies are
-applied with kubectl. Measures, per policy change, the time from `kubectl apply`
-to every affected plan being written, and the API writes it cost (the goal is
-one write per affected node). Prints a Markdown table.
+`headroom operator` runs as a subprocess against the emulator (same process as this
+script). Two scenarios, each printing a Markdown table:
 
-    .venv/bin/python bench/bench_operator.py [--pods 2000] [--nodes 50]
+* ``changes`` (default 2,000 pods on 50 nodes): per policy change applied with
+  kubectl, the time from `kubectl apply` to every affected plan being written, and
+  the API writes it cost (the goal is one write per affected node).
+* ``startup`` (``--pods`` may be given several times, e.g. 2000 and 10000; one node
+  per 40 pods, one policy per app): a cold start (no plans yet: start -> every plan
+  written), then a restart with the plans in place (start -> first round done, seen
+  as a pod relabelled right at process start reaching its plan; plan writes beyond
+  that one change must be 0), then the latency of a change made right after that
+  round (start -> ready for changes = first round + that latency).
+
+    .venv/bin/python bench/bench_operator.py [--scenario changes|startup|all]
+        [--pods 2000 [--pods 10000]] [--nodes 50]
 """
 
 from __future__ import annotations
@@ -13,12 +22,14 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any
 
 import yaml
 
@@ -30,9 +41,11 @@ from kube_store import Store  # noqa: E402
 
 MI = 1 << 20
 APPS = 10
+PODS_PER_NODE = 40
+BIN = pathlib.Path(sys.executable).parent
 
 
-def _wait(predicate: Callable[[], bool], timeout: float = 300) -> None:
+def _wait(predicate: Callable[[], bool], timeout: float = 1800) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -40,23 +53,41 @@ def _wait(predicate: Callable[[], bool], timeout: float = 300) -> None:
         time.sleep(0.05)   # the emulator shares this process: poll gently
 
 
-def _populate(store: Store, pods: int, nodes: int) -> None:
+def _rt(store: Store, plural: str) -> Any:
+    return next(t for t in store.types.values() if t.plural == plural)
+
+
+def _populate(store: Store, pods: int, nodes: int, policies: bool = False) -> None:
     store.load(doc for f in sorted((ROOT / "crds").glob("*.yaml"))
                for doc in yaml.safe_load_all(f.read_text()) if doc)
-    rt = {t.plural: t for t in store.types.values()}
     for n in range(nodes):
-        store.create(rt["nodes"], "", {"metadata": {"name": f"node-{n:03d}"}})
+        store.create(_rt(store, "nodes"), "", {"metadata": {"name": f"node-{n:03d}"}})
     for i in range(pods):
-        store.create(rt["pods"], "default", {
+        store.create(_rt(store, "pods"), "default", {
             "metadata": {"name": f"pod-{i:05d}", "labels": {"app": f"app-{i % APPS}",
                                                             "bench": "yes"}},
             "spec": {"nodeName": f"node-{i % nodes:03d}", "containers": [
                 {"name": "c", "image": "x", "resources": {"limits": {"memory": "1Gi"}}}]}})
+    for a in range(APPS if policies else 0):
+        store.create(_rt(store, "memoryreclaimpolicies"), "default", _policy(
+            f"app-{a}", {"app": f"app-{a}"}, {"limitPercent": 50}))
+
+
+def _policy(name: str, selector: dict[str, str], high: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "headroom.dev/v1alpha1", "kind": "MemoryReclaimPolicy",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"selector": {"matchLabels": selector}, "memoryHigh": high}}
 
 
 def _plans(store: Store) -> dict[str, dict[str, Any]]:
-    rt = next(t for t in store.types.values() if t.plural == "nodereclaimplans")
-    return {p["metadata"]["name"]: p for p in store.list(rt, None)[0]}
+    return {p["metadata"]["name"]: p for p in store.list(_rt(store, "nodereclaimplans"),
+                                                         None)[0]}
+
+
+def _plan_pods(store: Store, node: str) -> set[str] | None:
+    with store.lock:
+        plan = store.objects[_rt(store, "nodereclaimplans").key].get(("", node))
+        return None if plan is None else {e["name"] for e in plan["spec"].get("pods") or ()}
 
 
 def _plan_writes(store: Store) -> int:
@@ -76,26 +107,105 @@ def _settle(store: Store, quiet: float = 2.0) -> None:
             last, since = len(store.writes), time.monotonic()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pods", type=int, default=2000)
-    parser.add_argument("--nodes", type=int, default=50)
-    args = parser.parse_args()
-    store = Store()
-    _populate(store, args.pods, args.nodes)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-operator-"))
-    print(f"operator log: {tmp / 'operator.log'}", file=sys.stderr)
-    kubectl = str(pathlib.Path(sys.executable).parent / "kubectl")
-    rows = []
-    with EmulatorThread(store=store) as emu:
-        kubeconfig = write_kubeconfig(tmp / "kubeconfig", emu.url)
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-        log = (tmp / "operator.log").open("w")
-        op = subprocess.Popen([str(pathlib.Path(sys.executable).parent / "headroom"),
-                               "operator"], env=env, stdout=log, stderr=subprocess.STDOUT)
+def _relabel(store: Store, pod: str, app: str) -> None:
+    store.patch(_rt(store, "pods"), "default", pod, "merge",
+                {"metadata": {"labels": {"app": app}}})
+
+
+@contextmanager
+def _operator(kubeconfig: pathlib.Path, log: IO[str]) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    proc = subprocess.Popen([str(BIN / "headroom"), "operator"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
         try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _synced_after(log_path: pathlib.Path, offset: int) -> float | None:
+    """Seconds from process start to 'caches synced' as the operator logs it (if it does)."""
+    text = log_path.read_text()[offset:]
+    m = re.search(r"caches synced: .* in ([0-9.]+) s after start", text)
+    return float(m.group(1)) if m else None
+
+
+# ---- scenario: start-up ------------------------------------------------------------------
+
+def bench_startup(pods: int, tmp: pathlib.Path, timeout: float) -> dict[str, Any]:
+    nodes = max(1, pods // PODS_PER_NODE)
+    store = Store()
+    _populate(store, pods, nodes, policies=True)
+    log_path = tmp / f"operator-startup-{pods}.log"
+    out: dict[str, Any] = {"pods": pods, "nodes": nodes, "timeout": timeout}
+    with EmulatorThread(store=store) as emu, log_path.open("w") as log:
+        kubeconfig = write_kubeconfig(tmp / "kubeconfig", emu.url)
+        per_node = pods // nodes
+        # cold: no plans yet; the first round writes one per node
+        with _operator(kubeconfig, log):
+            t0 = time.monotonic()
+            try:
+                _wait(lambda: len(_plans(store)) == nodes
+                      and all(len(_plan_pods(store, n) or ()) == per_node
+                              for n in _plans(store)), timeout)
+            except TimeoutError:
+                out["cold"] = None     # gave up: no restart measured
+                return out
+            out["cold"] = time.monotonic() - t0
+            _settle(store)
+        # warm: plans in place; a pod relabelled right at start must reach its plan
+        plan_w, status_w = _plan_writes(store), _status_writes(store)
+        offset = log_path.stat().st_size
+        with _operator(kubeconfig, log):
+            t0 = time.monotonic()
+            _relabel(store, "pod-00000", "none")
+            _wait(lambda: "pod-00000" not in (_plan_pods(store, "node-000") or ()))
+            out["first_round"] = time.monotonic() - t0
+            t1 = time.monotonic()
+            _relabel(store, "pod-00001", "none")
+            _wait(lambda: "pod-00001" not in (_plan_pods(store, "node-001") or ()))
+            out["change_latency"] = time.monotonic() - t1
+            out["ready"] = out["first_round"] + out["change_latency"]
+            _settle(store)
+            out["warm_plan_writes"] = _plan_writes(store) - plan_w
+            out["warm_status_writes"] = _status_writes(store) - status_w
+            log.flush()
+            out["synced"] = _synced_after(log_path, offset)
+    return out
+
+
+def print_startup(rows: list[dict[str, Any]]) -> None:
+    print("| pods | nodes | cold start -> all plans written (s) | restart -> caches synced (s) "
+          "| restart -> first round done (s) | restart -> ready for changes (s) "
+          "| plan writes at restart (2 changes) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r["cold"] is None:
+            print(f"| {r['pods']} | {r['nodes']} | > {r['timeout']:.0f} (gave up) "
+                  "| - | - | - | - |")
+            continue
+        synced = "-" if r["synced"] is None else f"{r['synced']:.2f}"
+        print(f"| {r['pods']} | {r['nodes']} | {r['cold']:.2f} | {synced} "
+              f"| {r['first_round']:.2f} | {r['ready']:.2f} | {r['warm_plan_writes']} |")
+
+
+# ---- scenario: policy changes ------------------------------------------------------------
+
+def bench_changes(pods: int, nodes: int, tmp: pathlib.Path) -> None:
+    store = Store()
+    _populate(store, pods, nodes)
+    kubectl = str(BIN / "kubectl")
+    rows = []
+    with EmulatorThread(store=store) as emu, (tmp / "operator.log").open("w") as log:
+        kubeconfig = write_kubeconfig(tmp / "kubeconfig", emu.url)
+        with _operator(kubeconfig, log):
             start = time.monotonic()
-            _wait(lambda: len(_plans(store)) == args.nodes)
+            _wait(lambda: len(_plans(store)) == nodes)
             startup = time.monotonic() - start
             _settle(store)
 
@@ -103,15 +213,10 @@ def main() -> int:
                        expect: Callable[[dict[str, Any]], bool], name: str = "bench") -> None:
                 plan_w, status_w = _plan_writes(store), _status_writes(store)
                 before = {n: p["spec"] for n, p in _plans(store).items()}
-                manifest = {"apiVersion": "headroom.dev/v1alpha1",
-                            "kind": "MemoryReclaimPolicy",
-                            "metadata": {"name": name, "namespace": "default"},
-                            "spec": {"selector": {"matchLabels": selector},
-                                     "memoryHigh": high}}
                 t0 = time.monotonic()
                 subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "apply", "-f", "-"],
-                               input=yaml.safe_dump(manifest), text=True, check=True,
-                               capture_output=True)
+                               input=yaml.safe_dump(_policy(name, selector, high)), text=True,
+                               check=True, capture_output=True)
                 _wait(lambda: all(expect(p) for p in _plans(store).values()))
                 elapsed = time.monotonic() - t0
                 _settle(store)
@@ -125,11 +230,11 @@ def main() -> int:
                         if app is None or e["name"] in names_of(app)}
 
             def names_of(app: str) -> set[str]:
-                return {f"pod-{i:05d}" for i in range(args.pods) if f"app-{i % APPS}" == app}
+                return {f"pod-{i:05d}" for i in range(pods) if f"app-{i % APPS}" == app}
 
             change("new policy, all pods (limitPercent 50)", {"bench": "yes"},
                    {"limitPercent": 50},
-                   lambda p: len(p["spec"]["pods"]) == args.pods // args.nodes
+                   lambda p: len(p["spec"]["pods"]) == pods // nodes
                    and bytes_of(p) == {512 * MI})
             change("same policy, limitPercent 50 -> 25", {"bench": "yes"},
                    {"limitPercent": 25}, lambda p: bytes_of(p) == {256 * MI})
@@ -137,18 +242,11 @@ def main() -> int:
                    {"bytes": "300Mi"},
                    lambda p: bytes_of(p, "app-3") <= {300 * MI}, name="app3")
             plan_w = _plan_writes(store)
-            op.terminate()
-            op.wait(30)
-            op = subprocess.Popen([str(pathlib.Path(sys.executable).parent / "headroom"),
-                                   "operator"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        with _operator(kubeconfig, log):
             time.sleep(5)
             _settle(store)
             restart_writes = _plan_writes(store) - plan_w
-        finally:
-            op.terminate()
-            op.wait(30)
-            log.close()
-    print(f"{args.pods} pods on {args.nodes} nodes; operator start-up to {args.nodes} "
+    print(f"{pods} pods on {nodes} nodes; operator start-up to {nodes} "
           f"plans: {startup:.2f} s; plan writes after a restart with no change: "
           f"{restart_writes}\n")
     print("| change | nodes whose plan changed | kubectl apply -> all plans written (s) "
@@ -156,6 +254,28 @@ def main() -> int:
     print("|---|---|---|---|---|")
     for label, affected, elapsed, pw, sw in rows:
         print(f"| {label} | {affected} | {elapsed:.2f} | {pw} | {sw} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", choices=["changes", "startup", "all"], default="changes")
+    parser.add_argument("--pods", type=int, action="append",
+                        help="pods (startup: may repeat; default 2000, and 10000 for startup)")
+    parser.add_argument("--nodes", type=int, default=50, help="nodes (changes scenario)")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="startup: give up on a cold start after this many seconds")
+    args = parser.parse_args()
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-operator-"))
+    print(f"operator logs: {tmp}", file=sys.stderr)
+    if args.scenario in ("changes", "all"):
+        bench_changes((args.pods or [2000])[0], args.nodes, tmp)
+        print()
+    if args.scenario in ("startup", "all"):
+        rows = []
+        for pods in args.pods or [2000, 10000]:
+            rows.append(bench_startup(pods, tmp, args.timeout))
+            print(f"done: {rows[-1]}", file=sys.stderr)
+        print_startup(rows)
     return 0
 
 

@@ -12,6 +12,9 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+# the fake cgroup trees of the unit tier (fake_cgroup_tree, fake_kubepods): modules with
+# names of their own, never `conftest`, so both tiers can run in one session
+sys.path.insert(1, str(pathlib.Path(__file__).parents[1] / "unit"))
 
 from api_helpers import CRDS, VENV_BIN, Cluster, OperatorThread
 from emulator import EmulatorThread, write_kubeconfig
@@ -25,7 +28,6 @@ def cluster(tmp_path: pathlib.Path) -> Iterator[Cluster]:
                for doc in yaml.safe_load_all(f.read_text()) if doc)
     with EmulatorThread(store=store) as emu:
         yield Cluster(emu, write_kubeconfig(tmp_path / "kubeconfig", emu.url))
-
 
 
 @pytest.fixture

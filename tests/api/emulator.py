@@ -9,7 +9,7 @@ own KubernetesEmulator: see docs/operator.md ("The API-server emulator").
 
 In process:   `with EmulatorThread() as emu: ...` (own thread and event loop, so a
               test may block on `kubectl` subprocesses); `emu.url`, `emu.store`.
-Standalone:   `python tests/api/emulator.py --port N [--kubeconfig F] [--crds DIR]`;
+Standalone:   `python tests/api/emulator.py --port N [--kubeconfig F] [--crds DIR] [--state F]`;
               `POST /_emulator/expire-watches` forces 410 Gone on every watch,
               `GET /_emulator/writes` answers the write counters.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import pathlib
 import sys
 import threading
@@ -235,10 +236,11 @@ class ApiServerEmulator(kmock.RawHandler):
             return _json(kube_discovery.table(rt, [obj], store.rv) if as_table else obj)
         if method == "GET":
             match = compile_selectors(q.get("labelSelector"), q.get("fieldSelector"), rt.plural)
-            items, rv = store.list(rt, route.namespace or None, match)
             if as_table:
+                items, rv = store.list(rt, route.namespace or None, match)
                 return _json(kube_discovery.table(rt, items, rv))
-            return _json(_paginate(rt, items, rv, q.get("limit"), q.get("continue")))
+            return _json(_paginate(store, rt, route.namespace or None, match, q.get("limit"),
+                                   q.get("continue")))
         if method == "POST" and not route.name:
             obj = store.create(rt, route.namespace, _load(body), dry_run=dry_run, strict=strict)
             return _json(obj, 201)
@@ -357,17 +359,20 @@ def _name_selector(field_selector: str | None, name: str) -> str | None:
     return f"{field_selector},{by_name}" if field_selector else by_name
 
 
-def _paginate(rt: ResourceType, items: list[dict[str, Any]], rv: int, limit: str | None,
+def _paginate(store: Store, rt: ResourceType, namespace: str | None,
+              match: Callable[[Any], bool], limit: str | None,
               token: str | None) -> dict[str, Any]:
     start = int(token.split(":")[0]) if token else 0
+    size = int(limit) if limit and int(limit) > 0 else None
+    items, rv, total = store.list_window(rt, namespace, match, start, size)
     list_rv = int(token.split(":")[1]) if token else rv
-    end = start + int(limit) if limit and int(limit) > 0 else len(items)
+    end = start + len(items)
     meta: dict[str, Any] = {"resourceVersion": str(list_rv)}
-    if end < len(items):
+    if end < total:
         meta["continue"] = f"{end}:{list_rv}"
-        meta["remainingItemCount"] = len(items) - end
+        meta["remainingItemCount"] = total - end
     return {"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": meta,
-            "items": items[start:end]}
+            "items": items}
 
 
 def _load(body: bytes, yaml_ok: bool = False) -> Any:
@@ -439,6 +444,21 @@ class EmulatorThread:
             await asyncio.sleep(0.05)
 
 
+def persist_to(store: Store, path: pathlib.Path) -> None:
+    """Write the store to `path` after every change (atomically: temp file + rename), so
+    that the emulator can be killed and restarted on the same state. Cost grows with
+    the store: meant for small test clusters."""
+    tmp = path.with_name(path.name + ".tmp")
+
+    def save() -> None:
+        tmp.write_text(json.dumps(store.dump()))
+        os.replace(tmp, path)
+
+    with store.lock:
+        save()
+        store.listeners.append(save)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
@@ -446,11 +466,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="write a kubeconfig pointing at the emulator here")
     parser.add_argument("--crds", type=pathlib.Path, action="append", default=[],
                         help="YAML file or directory of manifests to load at start")
+    parser.add_argument("--state", type=pathlib.Path,
+                        help="keep the objects in this file across restarts (written on "
+                             "every change; when it exists, --crds is not loaded again)")
     args = parser.parse_args(argv)
     store = Store()
-    for src in args.crds:
-        files = sorted(src.glob("*.yaml")) if src.is_dir() else [src]
-        store.load(doc for f in files for doc in yaml.safe_load_all(f.read_text()) if doc)
+    if args.state and args.state.exists():
+        store.restore(json.loads(args.state.read_text()))
+    else:
+        for src in args.crds:
+            files = sorted(src.glob("*.yaml")) if src.is_dir() else [src]
+            store.load(doc for f in files for doc in yaml.safe_load_all(f.read_text()) if doc)
+    if args.state:
+        persist_to(store, args.state)
     emu = EmulatorThread(args.port, store)
     with emu:
         if args.kubeconfig:

@@ -175,10 +175,20 @@ class Store:
     def list(self, rt: ResourceType, namespace: str | None,
              match: Callable[[dict[str, Any]], bool] = lambda o: True
              ) -> tuple[list[dict[str, Any]], int]:
+        items, rv, _ = self.list_window(rt, namespace, match)
+        return items, rv
+
+    def list_window(self, rt: ResourceType, namespace: str | None,
+                    match: Callable[[dict[str, Any]], bool] = lambda o: True,
+                    start: int = 0, limit: int | None = None
+                    ) -> tuple[list[dict[str, Any]], int, int]:
+        """Items [start, start + limit) of the sorted list, the revision, and the number
+        of all matching items (only the window is copied: paginated lists of 10k pods)."""
         with self.lock:
-            items = [self._present(rt, o) for (ns, _), o in sorted(self.objects[rt.key].items())
-                     if (not namespace or ns == namespace) and match(o)]
-            return items, self.rv
+            matching = [o for (ns, _), o in sorted(self.objects[rt.key].items())
+                        if (not namespace or ns == namespace) and match(o)]
+            end = len(matching) if limit is None else start + limit
+            return [self._present(rt, o) for o in matching[start:end]], self.rv, len(matching)
 
     def _present(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
         out = copy.deepcopy(obj)
@@ -622,6 +632,39 @@ class Store:
             items, _ = self.list(rt, namespace, match)
             return [self.delete(rt, o["metadata"].get("namespace", ""), o["metadata"]["name"])
                     for o in items]
+
+    # ---- persistence (an emulator restarted on the same state, as etcd survives the
+    # ---- API server) ----------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """Every stored object and the revision counter, as JSON-ready data."""
+        with self.lock:
+            objects = [[group, plural, obj] for (group, plural), objs in self.objects.items()
+                       for obj in objs.values()]
+            objects.sort(key=lambda o: (o[0], o[1]) != CRD_KEY)   # CRDs first
+            return {"resourceVersion": self.rv, "objects": objects,
+                    "applied": [[uid, manager, cfg]
+                                for (uid, manager), cfg in self.applied.items()]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace everything with a dump. No watch history survives: a client resuming
+        from an older resourceVersion gets 410 Gone and lists again, as with a real API
+        server whose watch cache starts afresh."""
+        with self.lock:
+            for key in self.objects:
+                self.objects[key] = {}
+            self.uids.clear()
+            for group, plural, obj in state["objects"]:
+                key = (group, plural)
+                meta = obj["metadata"]
+                ns = meta.get("namespace") or ""
+                if key == CRD_KEY:
+                    self._sync_crd_types(obj, removed=False)
+                self.objects.setdefault(key, {})[(ns, meta["name"])] = obj
+                self.uids[meta["uid"]] = (key, ns, meta["name"])
+            self.applied = {(uid, manager): cfg for uid, manager, cfg in state["applied"]}
+            self.rv = self.compacted_rv = int(state["resourceVersion"])
+            self.log.clear()
 
     def load(self, objects: Iterable[dict[str, Any]]) -> None:
         """Create objects given as manifests (for fixtures); CRDs first."""

@@ -5,14 +5,13 @@ down, reconciliation when it returns, restore on SIGTERM."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +19,11 @@ import yaml
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
+from api_helpers import wait_for
 from emulator import EmulatorThread, write_kubeconfig
+from fake_cgroup_tree import FakeTree
+from fake_kubepods import make_kubepods
+from headroom.agent.podcgroups import Driver
 from kube_store import Store
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -31,26 +34,6 @@ MiB = 1 << 20
 SYSTEMD_A = ("kubepods.slice/kubepods-burstable.slice/"
              f"kubepods-burstable-pod{A.replace('-', '_')}.slice")
 SYSTEMD_B = f"kubepods.slice/kubepods-pod{B.replace('-', '_')}.slice"
-
-
-def _unit_conftest() -> Any:
-    """tests/unit/conftest.py under another module name (its FakeTree builds the tree)."""
-    spec = importlib.util.spec_from_file_location("unit_conftest",
-                                                  ROOT / "tests/unit/conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    """Poll until truthy; the timeout only guards against hangs."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def plan_pod(uid: str, name: str, qos: str) -> dict[str, Any]:
@@ -67,10 +50,8 @@ class Env:
         self.store.load(doc for f in sorted((ROOT / "crds").glob("*.yaml"))
                         for doc in yaml.safe_load_all(f.read_text()) if doc)
         self.plans = next(t for t in self.store.types.values() if t.plural == "nodereclaimplans")
-        self.tree = _unit_conftest().FakeTree(tmp / "cgroup")
-        for rel in ("kubepods.slice", "kubepods.slice/kubepods-burstable.slice",
-                    "kubepods.slice/kubepods-besteffort.slice"):
-            self.tree.add(rel)
+        self.tree = FakeTree(tmp / "cgroup")
+        make_kubepods(self.tree, Driver.SYSTEMD)
         self.tmp = tmp
         self.emu: EmulatorThread | None = None
         self.port = 0
@@ -137,8 +118,8 @@ def test_agent_process_against_the_emulator(env: Env, agent: subprocess.Popen[st
                                                 plan_pod(B, "db-0", "Guaranteed")]}})
 
     # the plan reaches the pod directory; the missing pod is reported, not fatal
-    wait_for(lambda: tree.high(SYSTEMD_A) == str(256 * MiB), "memory.high of pod A")
-    wait_for(lambda: env.pod_reason(B) == "CgroupNotFound", "B reported CgroupNotFound")
+    wait_for(lambda: tree.high(SYSTEMD_A) == str(256 * MiB), what="memory.high of pod A")
+    wait_for(lambda: env.pod_reason(B) == "CgroupNotFound", what="B reported CgroupNotFound")
     assert env.status()["cgroupDriver"] == "systemd"
     assert env.status()["observedGeneration"] == env.plan()["metadata"]["generation"]
     for parent in ("kubepods.slice", "kubepods.slice/kubepods-burstable.slice"):
@@ -146,7 +127,7 @@ def test_agent_process_against_the_emulator(env: Env, agent: subprocess.Popen[st
 
     # the pod starts: taken over on a later tick
     tree.add(SYSTEMD_B, current=10 * MiB)
-    wait_for(lambda: env.pod_reason(B) == "Applied", "B applied")
+    wait_for(lambda: env.pod_reason(B) == "Applied", what="B applied")
     assert tree.high(SYSTEMD_B) == str(256 * MiB)
     assert env.status()["appliedPods"] == 2
 
@@ -159,7 +140,7 @@ def test_agent_process_against_the_emulator(env: Env, agent: subprocess.Popen[st
     # the API server goes away; the agent keeps enforcing and corrects drift
     env.api_down()
     tree.write(SYSTEMD_A, "memory.high", "max\n")
-    wait_for(lambda: tree.high(SYSTEMD_A) == str(256 * MiB), "drift put back, API down")
+    wait_for(lambda: tree.high(SYSTEMD_A) == str(256 * MiB), what="drift put back, API down")
     # the plan changes while the agent cannot see it: A leaves
     with env.store.lock:
         env.store.patch(env.plans, "", "node-1", "merge",
@@ -169,8 +150,8 @@ def test_agent_process_against_the_emulator(env: Env, agent: subprocess.Popen[st
 
     # back: the agent reconciles (A gets its original back) and reports
     env.api_up()
-    wait_for(lambda: tree.high(SYSTEMD_A) == "max", "A restored after reconnect")
-    wait_for(lambda: env.status().get("plannedPods") == 1, "status after reconnect")
+    wait_for(lambda: tree.high(SYSTEMD_A) == "max", what="A restored after reconnect")
+    wait_for(lambda: env.status().get("plannedPods") == 1, what="status after reconnect")
     assert tree.high(SYSTEMD_B) == str(256 * MiB)
 
     # SIGTERM: every pod gets its original back, the process exits cleanly

@@ -1,5 +1,5 @@
 """Kubepods hierarchies of either kubelet cgroup driver, under any kubelet cgroup root, on
-the shared fake cgroup tree (conftest.FakeTree)."""
+the shared fake cgroup tree (fake_cgroup_tree.FakeTree)."""
 
 from __future__ import annotations
 

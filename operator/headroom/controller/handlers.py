@@ -1,28 +1,31 @@
-"""kopf wiring: credentials, settings, indexes of everything watched, and the reconciler.
+"""kopf wiring: credentials, settings, and the start and stop of reads and reconciler.
 
-kopf only reads here. Each watched kind has an index (a copy of every object,
-kept current by kopf's watch) and an event handler that pokes the reconciler.
-kopf holds back non-index handlers until every index has finished its initial
-listing, so the first round sees the whole cluster and a restart writes nothing
-when nothing changed. No handler here stores progress on objects and nothing adds
-finalizers: pods, namespaces and nodes are never blocked from deletion, and a
-deleted policy needs no clean-up beyond the next level-based round.
+kopf runs the process (login, start-up and clean-up, liveness, signals) but reads
+nothing for us: the operator's caches are its own informers (`informer.py`: one
+list + watch per kind), because kopf's indexes cost objects² wake-ups at start-up.
+The first round runs once every kind has been listed, so it sees the whole cluster
+and a restart writes nothing when nothing changed. No handler stores progress on
+objects and nothing adds finalizers: pods, namespaces and nodes are never blocked
+from deletion, and a deleted policy needs no clean-up beyond the next level-based
+round.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
-from collections.abc import Mapping
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
+import kubernetes
 
-from headroom.api import GROUP, VERSION
+from headroom.controller.informer import Informers
 from headroom.controller.kubeclient import KubeClient, connection_info, load_configuration
 from headroom.controller.reconciler import Reconciler, Snapshot
+
+log = logging.getLogger("headroom.operator")
 
 
 @dataclass
@@ -31,47 +34,39 @@ class OperatorOptions:
     debounce: float = 0.5             # seconds of quiet before a round
     max_delay: float = 5.0            # ... but no longer than this after the first event
     write_concurrency: int = 8
-    watch_timeout: float | None = None    # server-side watch timeout (None: kopf's default)
-
-
-# index name -> (group, version, plural); the names are also the handlers' kwargs
-WATCHED = {
-    "policies_idx": (GROUP, VERSION, "memoryreclaimpolicies"),
-    "cluster_policies_idx": (GROUP, VERSION, "clustermemoryreclaimpolicies"),
-    "pods_idx": ("", "v1", "pods"),
-    "namespaces_idx": ("", "v1", "namespaces"),
-    "nodes_idx": ("", "v1", "nodes"),
-    "plans_idx": (GROUP, VERSION, "nodereclaimplans"),
-}
-
-
-def _copy(body: Mapping[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy({k: v for k, v in body.items()})
-
-
-def _values(index: Any) -> list[dict[str, Any]]:
-    return [value for _, store in sorted(index.items()) for value in store]
+    watch_timeout: int = 300          # server-side timeout of each watch request (seconds)
 
 
 class OperatorState:
-    """What the handlers share: the indexes (once kopf hands them over) and the loop."""
+    """What the handlers share: the caches, the reconciler and its task."""
 
     def __init__(self, options: OperatorOptions) -> None:
         self.options = options
-        self.indexes: dict[str, Any] = {}
+        self.informers: Informers | None = None
         self.reconciler: Reconciler | None = None
         self.task: asyncio.Task[None] | None = None
+        self.started = time.monotonic()
 
     def snapshot(self) -> Snapshot:
-        idx = self.indexes
+        assert self.informers is not None
+        caches = self.informers.caches
         return Snapshot(
-            policies=_values(idx["policies_idx"]),
-            cluster_policies=_values(idx["cluster_policies_idx"]),
-            pods=_values(idx["pods_idx"]),
-            namespaces=_values(idx["namespaces_idx"]),
-            nodes=_values(idx["nodes_idx"]),
-            plans={p["metadata"]["name"]: p for p in _values(idx["plans_idx"])},
+            policies=caches["policies"].values(),
+            cluster_policies=caches["cluster_policies"].values(),
+            pods=caches["pods"].values(),
+            namespaces=caches["namespaces"].values(),
+            nodes=caches["nodes"].values(),
+            plans={p["metadata"]["name"]: p for p in caches["plans"].values()},
         )
+
+    async def run(self, synced: asyncio.Event) -> None:
+        """The reconciler, once every kind has been listed."""
+        assert self.reconciler is not None and self.informers is not None
+        await synced.wait()
+        log.info("caches synced: %d objects in %.2f s after start",
+                 self.informers.objects(), time.monotonic() - self.started)
+        self.reconciler.poke()
+        await self.reconciler.run()
 
 
 def build_registry(options: OperatorOptions | None = None) -> tuple[kopf.OperatorRegistry,
@@ -91,38 +86,42 @@ def build_registry(options: OperatorOptions | None = None) -> tuple[kopf.Operato
         # their last plan while the operator is away (docs/operator.md).
         settings.peering.standalone = True
         settings.posting.level = logging.WARNING
-        settings.watching.reconnect_backoff = 0.1
-        if options.watch_timeout is not None:
-            settings.watching.server_timeout = options.watch_timeout
         settings.networking.request_timeout = 60
-        client = KubeClient(load_configuration(options.kubeconfig),
-                            concurrency=options.write_concurrency)
-        state.reconciler = Reconciler(client, state.snapshot, options.debounce,
-                                      options.max_delay)
-        # Idle until the first event handler pokes it, i.e. after all initial listings.
-        state.task = asyncio.get_running_loop().create_task(state.reconciler.run())
+        cfg = load_configuration(options.kubeconfig)
+        state.reconciler = Reconciler(KubeClient(cfg, concurrency=options.write_concurrency),
+                                      state.snapshot, options.debounce, options.max_delay)
+        loop = asyncio.get_running_loop()
+        synced = asyncio.Event()
+        poke_pending = False
+
+        def poke() -> None:                 # in the loop
+            nonlocal poke_pending
+            poke_pending = False
+            assert state.reconciler is not None
+            state.reconciler.poke()
+
+        def on_change() -> None:            # in an informer thread; coalesces bursts
+            nonlocal poke_pending
+            if not poke_pending:
+                poke_pending = True
+                loop.call_soon_threadsafe(poke)
+
+        # The reads get their own connection pool (each watch holds a connection) and
+        # no urllib3 retries: the informers back off and list again themselves.
+        read_cfg = load_configuration(options.kubeconfig)
+        read_cfg.connection_pool_maxsize = 8
+        read_cfg.retries = 0
+        state.informers = Informers(kubernetes.client.ApiClient(read_cfg), on_change,
+                                    lambda: loop.call_soon_threadsafe(synced.set),
+                                    watch_timeout=options.watch_timeout)
+        state.informers.start()
+        state.task = loop.create_task(state.run(synced))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         if state.task is not None:
             state.task.cancel()
-
-    def poke(kwargs: Mapping[str, Any]) -> None:
-        if not state.indexes:
-            state.indexes = {name: kwargs[name] for name in WATCHED}
-        if state.reconciler is not None:
-            state.reconciler.poke()
-
-    for name, (group, version, plural) in WATCHED.items():
-        async def index_fn(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-            meta = body.get("metadata", {})
-            return {(meta.get("namespace") or "", meta.get("name", "")): _copy(body)}
-
-        async def event_fn(**kwargs: Any) -> None:
-            poke(kwargs)
-
-        where = (group, version, plural) if group else (version, plural)
-        kopf.index(*where, id=name, registry=registry)(index_fn)
-        kopf.on.event(*where, id=f"poke-{plural}", registry=registry)(event_fn)
+        if state.informers is not None:
+            await asyncio.to_thread(state.informers.stop)
 
     return registry, state

@@ -1,9 +1,12 @@
 """The operator's writes to the API (plans, policy statuses, Events) and its credentials.
 
-kopf only reads (watches and indexes); writes go through the `kubernetes` client
-with an explicit Configuration (never the module-global one, which reads
-$KUBECONFIG once at import), run in threads so the event loop keeps serving
-kopf's watch streams.
+Every request (the informers' reads too) goes through `api_request`: the
+`kubernetes` client's ApiClient with an explicit Configuration (never the
+module-global one, which reads $KUBECONFIG once at import), so its credential
+handling (token refresh, client certificates, CA) applies, but with raw JSON in
+and out: no generated API classes (constructing CoreV1Api alone costs seconds of
+start-up) and no models (slow to decode at 10k pods). Writes run in threads so
+the event loop stays free.
 """
 
 from __future__ import annotations
@@ -54,6 +57,31 @@ def connection_info(cfg: kubernetes.client.Configuration) -> kopf.ConnectionInfo
         certificate_path=cfg.cert_file, private_key_path=cfg.key_file)
 
 
+def api_request(api: kubernetes.client.ApiClient, method: str, path: str, *,
+                query: list[tuple[str, Any]] | None = None, body: Any = None,
+                content_type: str | None = None,
+                timeout: float | tuple[float, float] | None = None) -> Any:
+    """One request; the raw urllib3 response (not read yet: a watch streams it).
+    Raises ApiException for any status outside 2xx."""
+    headers = {"Accept": "application/json"}
+    if content_type or body is not None:
+        headers["Content-Type"] = content_type or "application/json"
+    method, url, headers, data, post = api.param_serialize(
+        method, path, query_params=query or [], header_params=headers, body=body,
+        auth_settings=["BearerToken"])
+    resp = api.call_api(method, url, header_params=headers, body=data, post_params=post,
+                        _request_timeout=timeout)
+    if not 200 <= resp.status <= 299:
+        resp.read()
+        raise ApiException.from_response(http_resp=resp, body=None, data=None)
+    return resp.response
+
+
+def collection_path(group: str, version: str, plural: str, namespace: str = "") -> str:
+    prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+
+
 class WriteConflict(Exception):
     """The object changed or vanished under us (409/404): recompute and retry."""
 
@@ -62,15 +90,15 @@ class KubeClient:
     def __init__(self, cfg: kubernetes.client.Configuration, concurrency: int = 8) -> None:
         cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 4, concurrency)
         self.api = kubernetes.client.ApiClient(cfg)
-        self.custom = kubernetes.client.CustomObjectsApi(self.api)
-        self.core = kubernetes.client.CoreV1Api(self.api)
         self.limit = asyncio.Semaphore(concurrency)
         self.instance = socket.gethostname()
 
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    async def _call(self, method: str, path: str, body: Any = None,
+                    content_type: str | None = None) -> dict[str, Any]:
         async with self.limit:
             try:
-                resp = await asyncio.to_thread(fn, *args, _preload_content=False, **kwargs)
+                resp = await asyncio.to_thread(api_request, self.api, method, path, body=body,
+                                               content_type=content_type, timeout=60)
             except ApiException as e:
                 if e.status in (404, 409):
                     raise WriteConflict(f"{e.status} {e.reason}") from e
@@ -78,31 +106,28 @@ class KubeClient:
         data = resp.data
         return json.loads(data) if data else {}
 
+    @staticmethod
+    def _plan(node: str = "") -> str:
+        path = collection_path(GROUP, VERSION, PLANS)
+        return f"{path}/{node}" if node else path
+
     async def create_plan(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._call(self.custom.create_cluster_custom_object,
-                                GROUP, VERSION, PLANS, body)
+        return await self._call("POST", self._plan(), body)
 
     async def replace_plan_spec(self, node: str, spec: dict[str, Any]) -> dict[str, Any]:
         # One JSON patch that swaps the whole spec (a merge patch could not drop keys).
-        return await self._call(self.custom.patch_cluster_custom_object,
-                                GROUP, VERSION, PLANS, node,
-                                [{"op": "add", "path": "/spec", "value": spec}],
-                                _content_type=JSON_PATCH)
+        return await self._call("PATCH", self._plan(node),
+                                [{"op": "add", "path": "/spec", "value": spec}], JSON_PATCH)
 
     async def delete_plan(self, node: str) -> dict[str, Any]:
-        return await self._call(self.custom.delete_cluster_custom_object,
-                                GROUP, VERSION, PLANS, node)
+        return await self._call("DELETE", self._plan(node))
 
     async def patch_policy_status(self, ref: PolicyRef, status: dict[str, Any]
                                   ) -> dict[str, Any]:
-        patch = [{"op": "add", "path": "/status", "value": status}]
-        if ref.namespace:
-            return await self._call(self.custom.patch_namespaced_custom_object_status,
-                                    GROUP, VERSION, ref.namespace, PLURALS[ref.kind],
-                                    ref.name, patch, _content_type=JSON_PATCH)
-        return await self._call(self.custom.patch_cluster_custom_object_status,
-                                GROUP, VERSION, PLURALS[ref.kind], ref.name, patch,
-                                _content_type=JSON_PATCH)
+        path = collection_path(GROUP, VERSION, PLURALS[ref.kind], ref.namespace)
+        return await self._call("PATCH", f"{path}/{ref.name}/status",
+                                [{"op": "add", "path": "/status", "value": status}],
+                                JSON_PATCH)
 
     async def post_event(self, obj: dict[str, Any], type_: str, reason: str,
                          message: str) -> None:
@@ -121,4 +146,4 @@ class KubeClient:
             "reportingInstance": self.instance, "firstTimestamp": now, "lastTimestamp": now,
             "count": 1,
         }
-        await self._call(self.core.create_namespaced_event, namespace, body)
+        await self._call("POST", collection_path("", "v1", "events", namespace), body)
