@@ -219,6 +219,27 @@ def test_dry_run_writes_nothing_and_reports(fake_kernel: FakeKernel, cgroup_tree
     assert h.statuses[0]["pods"][0]["reason"] == "DryRun"
 
 
+def test_pod_above_its_new_memory_high_is_lowering_then_applied(
+        fake_kernel: FakeKernel, cgroup_tree: FakeTree, state: Path) -> None:
+    make_kubepods(cgroup_tree, Driver.SYSTEMD, KIND_ROOT)
+    make_pod(cgroup_tree, Driver.SYSTEMD, A, "Burstable", current=300 * MiB,
+             kubelet_root=KIND_ROOT)
+    rel = pod_rel(Driver.SYSTEMD, A, "Burstable", KIND_ROOT)
+    h = Harness(fake_kernel, state)
+    h.agent.start()
+    h.agent.set_plan(plan(pod(A)))
+    # not written while usage is above the watermark: the engine reclaims first
+    assert cgroup_tree.high(rel) == "max"
+    st = h.pod_status(A)
+    assert (st["applied"], st["reason"], st["memoryHigh"]) == (False, "Lowering", 256 * MiB)
+    assert StateStore(state).load_originals() == {A: None}   # saved before any write
+    for _ in range(100):
+        h.advance(0.02)
+    assert cgroup_tree.high(rel) == str(256 * MiB)
+    assert cgroup_tree.current(rel) <= 256 * MiB * 95 // 100
+    assert (h.pod_status(A)["applied"], h.pod_status(A)["reason"]) == (True, "Applied")
+
+
 def test_per_pod_dry_run(fake_kernel: FakeKernel, cgroup_tree: FakeTree, state: Path) -> None:
     make_kubepods(cgroup_tree, Driver.CGROUPFS)
     make_pod(cgroup_tree, Driver.CGROUPFS, A, "Burstable")
