@@ -483,6 +483,18 @@ def test_without_memory_reclaim_the_lowering_is_written_by_the_engine(
     assert fake_kernel.reclaim_calls == []
 
 
+def test_without_memory_reclaim_memory_high_is_kept_and_restored(sim, fake_kernel):
+    """Kernels < 5.19: memory.high only; no reclaim write (ENOENT) makes it look gone."""
+    fake_kernel.tree.add("old", current=200 * MiB, reclaim_file=False)
+    sim.engine.set_targets([sim.target("old")])
+    sim.run(2.0, grow={"old": 100 * MiB})
+    st = sim.stats("old")
+    assert (st.applied, st.reason, st.reclaim_writes) == (True, "Applied", 0)
+    assert fake_kernel.tree.high("old") == str(HIGH)
+    sim.engine.stop(restore=True)
+    assert fake_kernel.tree.high("old") == "max"
+
+
 def test_drift_above_usage_is_put_back_by_lowering(sim, fake_kernel, high_writes):
     fake_kernel.tree.add("a", current=100 * MiB)
     sim.engine.set_targets([sim.target("a")])

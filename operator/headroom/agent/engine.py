@@ -419,6 +419,8 @@ class ReclaimEngine:
         if s.mode == "Pressure":
             want = max(want, self._pressure_want(st, usage, now))
             interval = min(interval, tn.pressure_interval)
+        if self._caps.memory_reclaim is False:
+            want = 0   # kernel < 5.19: memory.high only (its ENOENT would read as "gone")
         if want == 0:
             self._queue.schedule(key, now + interval)
             return None
