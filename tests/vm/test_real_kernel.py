@@ -1,0 +1,66 @@
+"""The real-kernel tier: one QEMU guest boot per kernel runs `pytest tests/vm/guest`.
+
+Fails with the inner session's output when it fails or collects nothing. When QEMU
+or a kernel cannot be had, it fails under CI (CI=true) and skips elsewhere.
+HEADROOM_VM_TIMEOUT overrides the per-kernel timeout (seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import qemu_guest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+TIMEOUT = float(os.environ.get("HEADROOM_VM_TIMEOUT", "1200"))
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("HEADROOM_IN_GUEST") == "1",
+                       reason="already inside the test guest"),
+]
+
+
+def _unavailable(message: str) -> None:
+    if IN_CI:
+        pytest.fail(f"the real-kernel tier cannot run under CI: {message}", pytrace=False)
+    pytest.skip(f"real-kernel tier skipped: {message}")
+
+
+def inner_pytest_argv(junit: Path) -> list[str]:
+    # No third-party plugins in the guest: each import costs ~0.1 s under TCG and kmock's
+    # pulls in an HTTP stack. Guest tests that need one can add "-p NAME" here.
+    return [str(qemu_guest.CHECKOUT / ".venv" / "bin" / "python"), "-m", "pytest",
+            "tests/vm/guest", "-p", "no:cacheprovider", "-W",
+            "ignore::pytest.PytestConfigWarning", "-rfEs", f"--junitxml={junit}"]
+
+
+@pytest.mark.parametrize("kernel", sorted(qemu_guest.KERNELS))
+def test_guest_session(kernel: str) -> None:
+    if shutil.which("qemu-system-x86_64") is None:
+        _unavailable("qemu-system-x86_64 is not installed (scripts/ensure-env installs it)")
+    try:
+        qemu_guest.ensure_kernel(kernel)
+    except qemu_guest.KernelUnavailable as e:
+        _unavailable(f"kernel {kernel}: {e}")
+    with qemu_guest.shared_tmpdir() as shared:
+        junit = shared / "junit.xml"
+        try:
+            result = qemu_guest.run(kernel, inner_pytest_argv(junit), TIMEOUT,
+                                    {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
+        except qemu_guest.GuestTimeout as e:
+            pytest.fail(f"{e}\n--- stdout:\n{e.stdout[-20000:]}\n--- stderr:\n"
+                        f"{e.stderr[-5000:]}", pytrace=False)
+        output = f"--- guest stdout:\n{result.stdout[-20000:]}\n--- guest stderr:\n" \
+                 f"{result.stderr[-5000:]}"
+        print(f"kernel {kernel}: guest session took {result.duration:.1f} s "
+              f"(boot {result.boot_seconds or 0:.1f} s)\n{output}")
+        assert junit.exists(), f"the guest session wrote no junit file\n{output}"
+        counts = qemu_guest.junit_counts(junit.read_text())
+    assert result.rc == 0, f"guest pytest on {kernel} exited {result.rc}\n{output}"
+    assert counts["failures"] == counts["errors"] == 0, output
+    ran = counts["tests"] - counts["skipped"]
+    assert ran > 0, f"the guest session on {kernel} ran no test ({counts})\n{output}"
