@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,10 +154,12 @@ class Reconciler:
 
     async def reconcile(self) -> Decisions:
         self.rounds += 1
+        started = time.monotonic()
         snap = self.snapshot()
         specs, statuses = self._known(snap)
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         decisions = await asyncio.to_thread(decide, snap, specs, statuses, now)
+        decided = time.monotonic() - started
         nodes = {n["metadata"]["name"]: n for n in snap.nodes}
         by_ref = {policy_ref(p): p for p in (*snap.policies, *snap.cluster_policies)}
         results = await asyncio.gather(
@@ -172,9 +175,12 @@ class Reconciler:
                 log.warning("write failed: %s", err)
         if failed:
             self.poke()     # something moved under us: another round sorts it out
-        if decisions.actions or decisions.statuses:
-            log.info("round %d: %d plan writes, %d status writes", self.rounds,
-                     len(decisions.actions), len(decisions.statuses))
+        writes = bool(decisions.actions or decisions.statuses)
+        log.log(logging.INFO if writes or self.rounds == 1 else logging.DEBUG,
+                "round %d: %d pods, %d policies, %d nodes; decided in %.2f s, done in %.2f s; "
+                "%d plan writes, %d status writes", self.rounds, len(snap.pods),
+                len(snap.policies) + len(snap.cluster_policies), len(snap.nodes), decided,
+                time.monotonic() - started, len(decisions.actions), len(decisions.statuses))
         return decisions
 
     async def _write_plan(self, action: PlanAction, nodes: Mapping[str, Any]) -> None:
