@@ -1,0 +1,355 @@
+"""Page cache streamed through a cgroup at memory.high: the kernel alone, then headroom.
+
+The in-guest driver shared by `scripts/demo`, the real-kernel tests
+(tests/vm/guest/test_engine_real.py) and the benchmark. It needs a real cgroup v2
+root and drops the page cache between arms, so it runs in the QEMU test guest:
+
+    tests/vm/qemu_guest.py --kernel 6.1 -- python bench/pagecache_compare.py --out R.json
+
+For each arm (`kernel`, then `engine`) it creates a fresh cgroup with memory.high,
+drops caches, starts a sampler of memory.current (every --sample-ms) and a workload
+process inside the cgroup that reads a file sequentially (--passes times, in
+--chunk-kib reads, each read timed). The `engine` arm runs headroom's ReclaimEngine
+in this process (outside the cgroup, as the node agent runs outside the pod) with the
+default Watermark settings. Results (PSI some/full, memory.events, peak usage,
+latency percentiles, the memory.current series, the engine's counters) are written
+as JSON; bench/compare_report.py turns them into the table and the plot.
+
+Imports at the top are stdlib only: `--workload` (the process inside the cgroup)
+starts with `python -S` and must start fast under TCG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MiB = 1 << 20
+ARMS = ("kernel", "engine")
+CGROUP_PREFIX = "hr-pagecache-"
+_T0 = time.monotonic()
+
+
+def progress(msg: str) -> None:
+    """One progress line on stderr, with seconds since the driver started."""
+    print(f"[{time.monotonic() - _T0:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Options:
+    file: Path = Path("/mnt/scratch/pagecache-stream.dat")
+    file_mib: int = 1024
+    sparse: bool = True   # a hole reads as zeroed page cache, without disk I/O
+    passes: int = 2
+    high_mib: int = 256
+    chunk_kib: int = 256
+    sample_ms: float = 10.0
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    cpu_budget_cores: float | None = 0.5
+
+
+@dataclass
+class ArmResult:
+    name: str
+    memory_high: int
+    duration_s: float = 0.0
+    psi_some_us: int = 0
+    psi_full_us: int = 0
+    events: dict[str, int] = field(default_factory=dict)      # memory.events deltas
+    peak_bytes: int = 0               # memory.peak when the kernel has it, else sampled
+    peak_sampled_bytes: int = 0
+    latency_us: dict[str, float] = field(default_factory=dict)  # p50, p99, max, mean
+    reads: int = 0
+    bytes_read: int = 0
+    workload_cpu_s: float = 0.0
+    direct_scan: int = 0              # memory.stat pgscan_direct delta (ours + the engine's)
+    # (s since start, memory.current bytes, memory.events "high" count since start)
+    samples: list[tuple[float, int, int]] = field(default_factory=list)
+    engine: dict[str, Any] | None = None
+
+    @property
+    def high_events(self) -> int:
+        return self.events.get("high", 0)
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100), nearest rank; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return float(ordered[rank - 1])
+
+
+def latency_summary(latencies_us: list[float]) -> dict[str, float]:
+    n = len(latencies_us)
+    return {"p50": percentile(latencies_us, 50), "p99": percentile(latencies_us, 99),
+            "max": max(latencies_us, default=0.0),
+            "mean": sum(latencies_us) / n if n else 0.0}
+
+
+def deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items()}
+
+
+# ---------------------------------------------------------------- the workload
+
+def workload(path: Path, passes: int, chunk: int, procs: Path | None) -> int:
+    """Runs inside the cgroup: read `path` sequentially `passes` times in `chunk` reads
+    into one buffer (no allocation per read), time each, print a JSON summary."""
+    if procs is not None:
+        with open(procs, "w") as fh:   # join the cgroup before the first read
+            fh.write(str(os.getpid()))
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    lat: list[float] = []
+    total = 0
+    clock = time.perf_counter_ns
+    for _ in range(passes):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while True:
+                t = clock()
+                n = os.readv(fd, [view])
+                lat.append((clock() - t) / 1000)
+                if n == 0:
+                    break
+                total += n
+        finally:
+            os.close(fd)
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"latencies_us": lat, "bytes": total,
+                      "cpu_s": cpu.ru_utime + cpu.ru_stime}))
+    return 0
+
+
+# ---------------------------------------------------------------- guest set-up
+
+def prepare_file(path: Path, mib: int, sparse: bool) -> None:
+    """A `mib` MiB file on the scratch disk (ext4). Sparse: created at once, and reading
+    it fills page cache with zeroed pages without disk I/O, so the workload's only stalls
+    are memory stalls. Written: real data (writing it costs about a minute under TCG)."""
+    size = mib * MiB
+    if path.exists() and path.stat().st_size == size and (
+            (path.stat().st_blocks == 0) == sparse):
+        return
+    if sparse:
+        path.unlink(missing_ok=True)
+        with open(path, "wb") as fh:
+            fh.truncate(size)
+        return
+    progress(f"writing the {mib} MiB file {path}")
+    block = bytes(range(256)) * (MiB // 256)
+    with open(path, "wb") as fh:
+        for _ in range(mib):
+            fh.write(block)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+class Sampler(threading.Thread):
+    """memory.current and the memory.events `high` count every `interval` seconds."""
+
+    def __init__(self, cg: Any, interval: float) -> None:
+        super().__init__(name="sampler", daemon=True)
+        self.cg, self.interval = cg, interval
+        self.samples: list[tuple[float, int, int]] = []
+        self.cpu_s = 0.0
+        self._halt = threading.Event()
+        self.t0 = time.monotonic()
+
+    def run(self) -> None:
+        from headroom.cgroup import CgroupError
+        high0 = self.cg.read_events().get("high", 0)
+        while not self._halt.is_set():
+            try:
+                self.samples.append((round(time.monotonic() - self.t0, 4),
+                                     self.cg.read_current(),
+                                     self.cg.read_events().get("high", 0) - high0))
+            except CgroupError:
+                break
+            self._halt.wait(self.interval)
+        self.cpu_s = time.thread_time()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def fresh_cgroup(root: Any, name: str) -> Any:
+    """An empty child cgroup of the (verified) root, recreated if it exists."""
+    path = root.path / name
+    if path.exists():
+        path.rmdir()
+    path.mkdir()
+    return root.cgroup(path)
+
+
+def _process_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def run_arm(name: str, opts: Options, root: Any, engine: Any = None) -> ArmResult:
+    """One run of the workload in a fresh cgroup at memory.high; with `engine` (a
+    started ReclaimEngine) managing that cgroup when given."""
+    from headroom.agent.engine import ReclaimSettings, Target
+
+    high = opts.high_mib * MiB
+    cg = fresh_cgroup(root, CGROUP_PREFIX + name)
+    result = ArmResult(name=name, memory_high=high)
+    key = cg.rel
+    if engine is None:
+        cg.write_high(high)
+    else:
+        engine.set_targets([Target(key=key, path=cg.path, memory_high=high,
+                                   settings=ReclaimSettings())])
+    if cg.read_high() != high:
+        raise RuntimeError(f"{cg.path}: memory.high is {cg.read_high()}, expected {high}")
+    drop_caches()
+    events0, stat0 = cg.read_events(), cg.read_stat()
+    psi0 = cg.read_pressure()
+    sampler = Sampler(cg, opts.sample_ms / 1000)
+    cpu0, main_cpu0 = _process_cpu(), time.thread_time()
+    sampler.start()
+    progress(f"{name} arm: streaming {opts.passes} x {opts.file_mib} MiB through "
+             f"{cg.rel} at memory.high {opts.high_mib} MiB"
+             + (", headroom's engine reclaiming" if engine else ", the kernel alone"))
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-S", "-E", str(Path(__file__).resolve()), "--workload",
+         "--file", str(opts.file), "--passes", str(opts.passes),
+         "--chunk-kib", str(opts.chunk_kib), "--procs", str(cg.file("cgroup.procs"))],
+        capture_output=True, text=True, check=False)
+    result.duration_s = round(time.monotonic() - t0, 3)
+    sampler.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"workload failed ({proc.returncode}): {proc.stderr.strip()}")
+    out = json.loads(proc.stdout)
+    psi1 = cg.read_pressure()
+    result.psi_some_us = psi1.some.total_us - psi0.some.total_us
+    result.psi_full_us = (psi1.full.total_us - psi0.full.total_us
+                          if psi1.full and psi0.full else 0)
+    result.events = deltas(events0, cg.read_events())
+    result.direct_scan = deltas(stat0, cg.read_stat()).get("pgscan_direct", 0)
+    result.samples = sampler.samples
+    result.peak_sampled_bytes = max((s[1] for s in sampler.samples), default=0)
+    peak_file = cg.file("memory.peak")
+    result.peak_bytes = (int(peak_file.read_text()) if peak_file.exists()
+                         else result.peak_sampled_bytes)
+    result.latency_us = latency_summary(out["latencies_us"])
+    result.reads, result.bytes_read = len(out["latencies_us"]), out["bytes"]
+    result.workload_cpu_s = round(out["cpu_s"], 3)
+    if engine is not None:
+        st = engine.snapshot()[key]
+        engine.set_targets([])   # memory.high back to what it was ("max": a fresh cgroup)
+        # the engine's whole CPU: this process less the sampler and this (waiting) thread
+        engine_cpu = (_process_cpu() - cpu0 - sampler.cpu_s - (time.thread_time() - main_cpu0))
+        result.engine = {
+            "reclaimed_bytes": st.reclaimed_bytes,
+            "reclaim_cpu_s": round(st.reclaim_cpu_seconds, 4),
+            "engine_cpu_s": round(max(engine_cpu, st.reclaim_cpu_seconds), 4),
+            "reclaim_writes": st.reclaim_writes,
+            "eagain_count": st.eagain_count,
+            "budget_deferrals": st.budget_deferrals,
+            "high_events_seen": st.high_events,
+            "last_error": st.last_error,
+            "reason": st.reason,
+        }
+    cg.path.rmdir()
+    progress(f"{name} arm done in {result.duration_s:.1f} s: high events "
+             f"{result.high_events}, PSI some {result.psi_some_us / 1e6:.3f} s, "
+             f"p99 read {result.latency_us['p99'] / 1000:.2f} ms"
+             + (f", engine reclaimed {result.engine['reclaimed_bytes'] / MiB:.0f} MiB"
+                if result.engine else ""))
+    return result
+
+
+def compare(opts: Options, arms: tuple[str, ...] = ARMS) -> dict[str, Any]:
+    """Every arm in order, in this guest; the JSON-ready result document."""
+    from headroom.agent.engine import ReclaimEngine
+    from headroom.cgroup import CgroupRoot
+
+    root = CgroupRoot(opts.cgroup_root)   # refuses anything but a real cgroup2 mount
+    if root.fake:
+        raise RuntimeError(f"{opts.cgroup_root} is not a real cgroup2 root")
+    prepare_file(opts.file, opts.file_mib, opts.sparse)
+    doc: dict[str, Any] = {"kernel": platform.release(), "options": _jsonable(asdict(opts)),
+                           "arms": [], "capabilities": None}
+    for name in arms:
+        if name == "engine":
+            engine = ReclaimEngine(root, cpu_budget_cores=opts.cpu_budget_cores)
+            engine.start()
+            try:
+                result = run_arm(name, opts, root, engine)
+                doc["capabilities"] = asdict(engine.capabilities)
+            finally:
+                engine.stop(restore=True)
+        else:
+            result = run_arm(name, opts, root)
+        arm = asdict(result)
+        arm["high_events"] = result.high_events
+        doc["arms"].append(arm)
+    return doc
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated, in order")
+    p.add_argument("--file", type=Path, default=Options.file)
+    p.add_argument("--file-mib", type=int, default=Options.file_mib)
+    p.add_argument("--written", action="store_true",
+                   help="stream a file of written data (disk reads) instead of a sparse one")
+    p.add_argument("--passes", type=int, default=Options.passes)
+    p.add_argument("--high-mib", type=int, default=Options.high_mib)
+    p.add_argument("--chunk-kib", type=int, default=Options.chunk_kib)
+    p.add_argument("--sample-ms", type=float, default=Options.sample_ms)
+    p.add_argument("--cpu-budget", type=float, default=Options.cpu_budget_cores)
+    p.add_argument("--workload", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--procs", type=Path, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.workload:
+        return workload(a.file, a.passes, a.chunk_kib << 10, a.procs)
+    if os.environ.get("HEADROOM_IN_GUEST") != "1":
+        print("pagecache_compare: drops caches and makes cgroups: run it in the test guest "
+              "(tests/vm/qemu_guest.py) or ./scripts/demo", file=sys.stderr)
+        return 2
+    arms = tuple(x for x in a.arms.split(",") if x)
+    if not arms or any(x not in ARMS for x in arms):
+        p.error(f"--arms: choose from {', '.join(ARMS)}")
+    opts = Options(file=a.file, file_mib=a.file_mib, sparse=not a.written, passes=a.passes,
+                   high_mib=a.high_mib, chunk_kib=a.chunk_kib, sample_ms=a.sample_ms,
+                   cpu_budget_cores=a.cpu_budget)
+    doc = compare(opts, arms)
+    text = json.dumps(doc)
+    if a.out:
+        a.out.write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
