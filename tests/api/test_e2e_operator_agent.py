@@ -167,6 +167,8 @@ def test_kubectl_to_cgroup_files_and_back(procs: Procs, tmp_path: pathlib.Path) 
     applied = wait_for(lambda: (s := _plan_status_pods(procs)) and all(
         s.get(n, {}).get("applied") for n in expected) and s, what="plan status: applied")
     assert {n: applied[n]["memoryHigh"] for n in expected} == expected
+    plan_status = procs.get("nodereclaimplan", NODE)["status"]
+    assert (plan_status["plannedPods"], plan_status["appliedPods"]) == (2, 2)
     policy = wait_for(lambda: (p := procs.get("memoryreclaimpolicy", "web"))
                       and (p.get("status") or {}).get("enforcedPods") == 2 and p,
                       what="policy status: 2 enforced")

@@ -93,7 +93,8 @@ def test_deleting_policy_and_node(cluster: Cluster, operator: OperatorThread) ->
 def test_invalid_policies(cluster: Cluster, operator: OperatorThread) -> None:
     _setup(cluster)
     cluster.apply(policy("web", {"app": "web"}, {"limitPercent": 50}))
-    wait_for(lambda: cluster.plan_pods("node-1") == {"web-0": 512 * MI}, what="plan")
+    wait_for(lambda: cluster.plan_pods("node-1") == {"web-0": 512 * MI}
+             and cluster.plan_pods("node-2") == {"web-1": 1024 * MI}, what="both plans")
     writes = cluster.plan_writes()
     # what the schema can judge never reaches the operator
     proc = cluster.kubectl("apply", "-f", "-", check=False, input=yaml.safe_dump(

@@ -1,7 +1,7 @@
 """The operator's loop: debounce events, resolve, write what changed.
 
 Level-based: every round recomputes all plans and policy statuses from the full
-in-memory index (kopf indexes of policies, pods, namespaces, nodes and plans) and
+in-memory caches (informer.py: policies, pods, namespaces, nodes and plans) and
 writes only differences. A burst of events (a Deployment scaling, a namespace
 relabelled) becomes one round after `debounce` seconds of quiet (at most
 `max_delay` after the first event). Writes the watch has not echoed back yet are
