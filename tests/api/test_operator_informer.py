@@ -1,15 +1,18 @@
-"""The operator's reads (controller/informer.py): the cache rules, and list + watch
-against the emulator (pagination, events, 410 Gone, stop)."""
+"""The operator's reads (controller/informer.py): the cache rules, list + watch against
+the emulator (pagination, events, 410 Gone, stop), and slim pods resolving like full ones."""
 
 from __future__ import annotations
 
 import threading
+import uuid
 from typing import Any
 
 import kubernetes
 from api_helpers import Cluster, node, pod, wait_for
-from headroom.controller.informer import KINDS, Informer, ObjectCache, is_newer
+from headroom.controller.informer import KINDS, Informer, ObjectCache, is_newer, slim_pod
 from headroom.controller.kubeclient import load_configuration
+from headroom.controller.plans import active_pod_nodes
+from headroom.controller.resolve import resolve
 
 
 def _obj(name: str, rv: str, namespace: str = "default", **labels: str) -> dict[str, Any]:
@@ -76,3 +79,47 @@ def test_informer_lists_in_pages_follows_the_watch_and_relists_after_410(
     finally:
         informer.stop()
     assert not informer._thread.is_alive()
+
+
+def _rich_pod(name: str, node: str, app: str, **spec: Any) -> dict[str, Any]:
+    """A pod as a real API server returns it: mostly fields resolve() never reads."""
+    base = pod(name, node, {"app": app}, limit="1Gi", request="256Mi")
+    base["metadata"].update(
+        uid=str(uuid.uuid5(uuid.NAMESPACE_DNS, name)),
+        resourceVersion="7", annotations={"kubectl.kubernetes.io/last-applied": "{...}"},
+        managedFields=[{"manager": "kubelet", "fieldsV1": {"f:status": {}}}],
+        ownerReferences=[{"kind": "ReplicaSet", "name": "rs", "uid": "u"}])
+    base["spec"]["containers"][0].update(env=[{"name": "A", "value": "1"}],
+                                         volumeMounts=[{"name": "v", "mountPath": "/v"}])
+    base["spec"].update(volumes=[{"name": "v", "emptyDir": {}}], tolerations=[], **spec)
+    base["status"] = {"phase": "Running", "qosClass": "Burstable", "podIP": "10.0.0.1",
+                      "containerStatuses": [{"name": "app", "ready": True}]}
+    return base
+
+
+def test_slim_pods_resolve_exactly_like_full_pods() -> None:
+    sidecar = {"name": "proxy", "image": "x", "restartPolicy": "Always",
+               "resources": {"limits": {"memory": "128Mi"}}}
+    pods = [_rich_pod("a", "n1", "web"),
+            _rich_pod("b", "n1", "web", initContainers=[sidecar],
+                      overhead={"memory": "64Mi"}),
+            _rich_pod("c", "n2", "web", resources={"limits": {"memory": "2Gi"}}),
+            _rich_pod("d", "n2", "db"),
+            _rich_pod("e", "n2", "web")]
+    pods[3]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    pods[4]["status"]["phase"] = "Succeeded"
+    policies = [{"metadata": {"name": p, "namespace": "default", "generation": 1},
+                 "spec": {"selector": {"matchLabels": {"app": app}}, "memoryHigh": high}}
+                for p, app, high in (("web", "web", {"throttlingFactor": 0.5}),
+                                     ("db", "db", {"limitPercent": 80}))]
+    namespaces = [{"metadata": {"name": "default", "labels": {"tier": "gold"}}}]
+    nodes = [{"metadata": {"name": n}} for n in ("n1", "n2")]
+    slim = [slim_pod(p) for p in pods]
+    full_res = resolve(policies, [], pods, namespaces, nodes)
+    slim_res = resolve(policies, [], slim, namespaces, nodes)
+    assert full_res.plans == slim_res.plans
+    assert full_res.policies == slim_res.policies
+    assert active_pod_nodes(pods) == active_pod_nodes(slim)
+    assert len(full_res.plans["n1"]["pods"]) == 2     # the fixture means something
+    assert "managedFields" not in slim[0]["metadata"] and "env" not in \
+        slim[0]["spec"]["containers"][0]

@@ -40,16 +40,7 @@ Key = tuple[str, str]          # (namespace or "", name)
 class Kind:
     name: str       # the cache's name (e.g. "pods")
     path: str       # the collection, all namespaces
-
-
-KINDS = (
-    Kind("policies", collection_path(GROUP, VERSION, "memoryreclaimpolicies")),
-    Kind("cluster_policies", collection_path(GROUP, VERSION, "clustermemoryreclaimpolicies")),
-    Kind("pods", collection_path("", "v1", "pods")),
-    Kind("namespaces", collection_path("", "v1", "namespaces")),
-    Kind("nodes", collection_path("", "v1", "nodes")),
-    Kind("plans", collection_path(GROUP, VERSION, "nodereclaimplans")),
-)
+    slim: Callable[[dict[str, Any]], dict[str, Any]] | None = None   # what is kept
 
 
 def object_key(obj: Mapping[str, Any]) -> Key:
@@ -68,6 +59,38 @@ def is_newer(new: str, old: str) -> bool:
     if new.isdigit() and old.isdigit():
         return int(new) > int(old)
     return new != old
+
+
+def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a Pod that resolve() and the plans read (headroom.api.pod): a real
+    pod is mostly managedFields, annotations, env, volumes and container statuses,
+    which 10,000 cached pods need not keep. Tested against resolve() on full pods."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+
+    def containers(key: str) -> list[dict[str, Any]]:
+        return [{k: c[k] for k in ("name", "resources", "restartPolicy") if k in c}
+                for c in spec.get(key) or ()]
+
+    out_spec = {k: spec[k] for k in ("nodeName", "resources", "overhead") if k in spec}
+    out_spec["containers"] = containers("containers")
+    if spec.get("initContainers"):
+        out_spec["initContainers"] = containers("initContainers")
+    return {"metadata": {k: v for k, v in meta.items()
+                         if k not in ("managedFields", "annotations", "ownerReferences")},
+            "spec": out_spec,
+            "status": {k: status[k] for k in ("phase", "qosClass") if k in status}}
+
+
+KINDS = (
+    Kind("policies", collection_path(GROUP, VERSION, "memoryreclaimpolicies")),
+    Kind("cluster_policies", collection_path(GROUP, VERSION, "clustermemoryreclaimpolicies")),
+    Kind("pods", collection_path("", "v1", "pods"), slim_pod),
+    Kind("namespaces", collection_path("", "v1", "namespaces")),
+    Kind("nodes", collection_path("", "v1", "nodes")),
+    Kind("plans", collection_path(GROUP, VERSION, "nodereclaimplans")),
+)
 
 
 class ObjectCache:
@@ -196,7 +219,8 @@ class Informer:
                 raise
             meta = page.get("metadata") or {}
             rv = rv or str(meta.get("resourceVersion") or "")   # the list's snapshot
-            items.extend(page.get("items") or ())
+            slim, listed = self.kind.slim, page.get("items") or ()
+            items.extend(map(slim, listed) if slim else listed)
             token = meta.get("continue") or ""
             if not token:
                 break
@@ -238,7 +262,8 @@ class Informer:
                 raise Gone()
             raise ApiException(status=obj.get("code") or 500,
                                reason=f"{obj.get('reason')}: {obj.get('message')}")
-        if type_ in ("ADDED", "MODIFIED", "DELETED") and self.cache.apply(type_, dict(obj)):
+        kept = self.kind.slim(obj) if self.kind.slim else dict(obj)
+        if type_ in ("ADDED", "MODIFIED", "DELETED") and self.cache.apply(type_, kept):
             self.on_change()
         rv = resource_version(obj)
         if rv:
