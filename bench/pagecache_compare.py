@@ -15,8 +15,8 @@ default Watermark settings. Results (PSI some/full, memory.events, peak usage,
 latency percentiles, the memory.current series, the engine's counters) are written
 as JSON; bench/compare_report.py turns them into the table and the plot.
 
-Imports at the top are stdlib only: `--workload` (the process inside the cgroup)
-starts with `python -S` and must start fast under TCG.
+The workload is tests/vm/workloads/pagecache_stream.py; cgroups are made and removed
+with tests/vm/guest_support.py (which checks for a real cgroup2 tree before any write).
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(CHECKOUT / "tests" / "vm"))
+import guest_support  # noqa: E402
+
+STREAM = CHECKOUT / "tests" / "vm" / "workloads" / "pagecache_stream.py"
 MiB = 1 << 20
 ARMS = ("kernel", "engine")
 CGROUP_PREFIX = "hr-pagecache-"
@@ -82,57 +87,8 @@ class ArmResult:
         return self.events.get("high", 0)
 
 
-# ---------------------------------------------------------------- pure helpers
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100), nearest rank; 0.0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return float(ordered[rank - 1])
-
-
-def latency_summary(latencies_us: list[float]) -> dict[str, float]:
-    n = len(latencies_us)
-    return {"p50": percentile(latencies_us, 50), "p99": percentile(latencies_us, 99),
-            "max": max(latencies_us, default=0.0),
-            "mean": sum(latencies_us) / n if n else 0.0}
-
-
 def deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items()}
-
-
-# ---------------------------------------------------------------- the workload
-
-def workload(path: Path, passes: int, chunk: int, procs: Path | None) -> int:
-    """Runs inside the cgroup: read `path` sequentially `passes` times in `chunk` reads
-    into one buffer (no allocation per read), time each, print a JSON summary."""
-    if procs is not None:
-        with open(procs, "w") as fh:   # join the cgroup before the first read
-            fh.write(str(os.getpid()))
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    lat: list[float] = []
-    total = 0
-    clock = time.perf_counter_ns
-    for _ in range(passes):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            while True:
-                t = clock()
-                n = os.readv(fd, [view])
-                lat.append((clock() - t) / 1000)
-                if n == 0:
-                    break
-                total += n
-        finally:
-            os.close(fd)
-    cpu = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"latencies_us": lat, "bytes": total,
-                      "cpu_s": cpu.ru_utime + cpu.ru_stime}))
-    return 0
 
 
 # ---------------------------------------------------------------- guest set-up
@@ -195,15 +151,12 @@ class Sampler(threading.Thread):
 
 def fresh_cgroup(root: Any, name: str) -> Any:
     """An empty child cgroup of the (verified) root, recreated if it exists."""
-    path = root.path / name
-    if path.exists():
-        path.rmdir()
-    path.mkdir()
-    return root.cgroup(path)
+    guest_support.remove_cgroup(root.path / name)
+    return root.cgroup(guest_support.create_cgroup(root.path, name))
 
 
-def _process_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
+def _cpu(who: int = resource.RUSAGE_SELF) -> float:
+    r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
 
 
@@ -227,16 +180,15 @@ def run_arm(name: str, opts: Options, root: Any, engine: Any = None) -> ArmResul
     events0, stat0 = cg.read_events(), cg.read_stat()
     psi0 = cg.read_pressure()
     sampler = Sampler(cg, opts.sample_ms / 1000)
-    cpu0, main_cpu0 = _process_cpu(), time.thread_time()
+    cpu0, main_cpu0, child_cpu0 = _cpu(), time.thread_time(), _cpu(resource.RUSAGE_CHILDREN)
     sampler.start()
     progress(f"{name} arm: streaming {opts.passes} x {opts.file_mib} MiB through "
              f"{cg.rel} at memory.high {opts.high_mib} MiB"
              + (", headroom's engine reclaiming" if engine else ", the kernel alone"))
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-S", "-E", str(Path(__file__).resolve()), "--workload",
-         "--file", str(opts.file), "--passes", str(opts.passes),
-         "--chunk-kib", str(opts.chunk_kib), "--procs", str(cg.file("cgroup.procs"))],
+        [sys.executable, str(STREAM), "--file", str(opts.file), "--size", f"{opts.file_mib}M",
+         "--block", f"{opts.chunk_kib}K", "--passes", str(opts.passes), "--cgroup", str(cg.path)],
         capture_output=True, text=True, check=False)
     result.duration_s = round(time.monotonic() - t0, 3)
     sampler.stop()
@@ -254,14 +206,14 @@ def run_arm(name: str, opts: Options, root: Any, engine: Any = None) -> ArmResul
     peak_file = cg.file("memory.peak")
     result.peak_bytes = (int(peak_file.read_text()) if peak_file.exists()
                          else result.peak_sampled_bytes)
-    result.latency_us = latency_summary(out["latencies_us"])
-    result.reads, result.bytes_read = len(out["latencies_us"]), out["bytes"]
-    result.workload_cpu_s = round(out["cpu_s"], 3)
+    result.latency_us = {k: out[f"{k}_us"] for k in ("p50", "p99", "max", "mean")}
+    result.reads, result.bytes_read = out["ops"], out["bytes"]
+    result.workload_cpu_s = round(_cpu(resource.RUSAGE_CHILDREN) - child_cpu0, 3)
     if engine is not None:
         st = engine.snapshot()[key]
         engine.set_targets([])   # memory.high back to what it was ("max": a fresh cgroup)
         # the engine's whole CPU: this process less the sampler and this (waiting) thread
-        engine_cpu = (_process_cpu() - cpu0 - sampler.cpu_s - (time.thread_time() - main_cpu0))
+        engine_cpu = (_cpu() - cpu0 - sampler.cpu_s - (time.thread_time() - main_cpu0))
         result.engine = {
             "reclaimed_bytes": st.reclaimed_bytes,
             "reclaim_cpu_s": round(st.reclaim_cpu_seconds, 4),
@@ -273,7 +225,7 @@ def run_arm(name: str, opts: Options, root: Any, engine: Any = None) -> ArmResul
             "last_error": st.last_error,
             "reason": st.reason,
         }
-    cg.path.rmdir()
+    guest_support.remove_cgroup(cg.path)
     progress(f"{name} arm done in {result.duration_s:.1f} s: high events "
              f"{result.high_events}, PSI some {result.psi_some_us / 1e6:.3f} s, "
              f"p99 read {result.latency_us['p99'] / 1000:.2f} ms"
@@ -290,6 +242,7 @@ def compare(opts: Options, arms: tuple[str, ...] = ARMS) -> dict[str, Any]:
     root = CgroupRoot(opts.cgroup_root)   # refuses anything but a real cgroup2 mount
     if root.fake:
         raise RuntimeError(f"{opts.cgroup_root} is not a real cgroup2 root")
+    guest_support.require_cgroup2(root.path)
     prepare_file(opts.file, opts.file_mib, opts.sparse)
     doc: dict[str, Any] = {"kernel": platform.release(), "options": _jsonable(asdict(opts)),
                            "arms": [], "capabilities": None}
@@ -327,11 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-kib", type=int, default=Options.chunk_kib)
     p.add_argument("--sample-ms", type=float, default=Options.sample_ms)
     p.add_argument("--cpu-budget", type=float, default=Options.cpu_budget_cores)
-    p.add_argument("--workload", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--procs", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.workload:
-        return workload(a.file, a.passes, a.chunk_kib << 10, a.procs)
     if os.environ.get("HEADROOM_IN_GUEST") != "1":
         print("pagecache_compare: drops caches and makes cgroups: run it in the test guest "
               "(tests/vm/qemu_guest.py) or ./scripts/demo", file=sys.stderr)
