@@ -47,7 +47,7 @@ _T0 = time.monotonic()
 
 def progress(msg: str) -> None:
     """One progress line on stderr, with seconds since the driver started."""
-    print(f"[{time.monotonic() - _T0:6.1f} s] {msg}", file=sys.stderr, flush=True)
+    print(f"[{time.monotonic() - _T0:6.1f} s] guest: {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
