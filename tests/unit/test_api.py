@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from decimal import Decimal
 from typing import Any
 
@@ -247,3 +249,19 @@ def test_memory_high_forms() -> None:
     assert MemoryHigh(limit_percent=Decimal(1)).for_pod(PodMemory(0, 10 * MI))[1] == \
         "BelowMinimum"
     assert MIN_MEMORY_HIGH == MI
+
+
+def test_quantity_parser_is_the_clients_and_standalone_skips_the_client_import():
+    # The parser is loaded from the client's own file (no kubernetes import at start-up
+    # of a standalone agent); it must agree with kubernetes.utils.parse_quantity.
+    script = (
+        "import sys\n"
+        "import headroom.agent.standalone\n"
+        "assert not [m for m in sys.modules if m.startswith('kubernetes')], 'client imported'\n"
+        "from headroom.api.quantity import parse_quantity as ours\n"
+        "from kubernetes.utils import parse_quantity as theirs\n"
+        "for q in ['3Gi', '500m', '1e3', '0.5', 12, '1.5Ki', '2M']:\n"
+        "    assert ours(q) == theirs(q), q\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -7,11 +7,39 @@ kubectl.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
-from kubernetes.utils import parse_quantity
+
+def _client_parser() -> Callable[[Any], Decimal]:
+    """`kubernetes.utils.parse_quantity`, loaded without the `kubernetes` package.
+
+    The package's __init__ imports the whole generated client: 0.8 s on a host and
+    tens of seconds in the emulated test guest, for an agent in standalone mode that
+    never talks to an API server. The parser's module needs only the standard
+    library, so it is loaded from its file; where the package is already imported
+    (the operator, the cluster-mode agent) its own module is used."""
+    loaded = sys.modules.get("kubernetes.utils.quantity")
+    if loaded is None:
+        spec = importlib.util.find_spec("kubernetes")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("the kubernetes package is not installed")
+        path = Path(next(iter(spec.submodule_search_locations)), "utils", "quantity.py")
+        file_spec = importlib.util.spec_from_file_location("_headroom_k8s_quantity", path)
+        if file_spec is None or file_spec.loader is None:
+            raise ImportError(f"cannot load {path}")
+        loaded = importlib.util.module_from_spec(file_spec)
+        file_spec.loader.exec_module(loaded)
+    parser: Callable[[Any], Decimal] = loaded.parse_quantity
+    return parser
+
+
+parse_quantity = _client_parser()
 
 PAGE_SIZE = 4096
 
