@@ -15,6 +15,22 @@ class TestWatermark:
         assert start == 950 * MiB and target == 900 * MiB
         assert start % d.PAGE_SIZE == 0 and target % d.PAGE_SIZE == 0
 
+    def test_rate_aware_levels_unchanged_while_growth_fits_the_headroom(self):
+        # 12.8 MiB between start and high at 256 MiB / 5%: 20 MiB/s x 0.5 s fits.
+        assert d.rate_aware_levels(256 * MiB, 5, 10, 20 * MiB, 0.5) == \
+            d.watermark_levels(256 * MiB, 5, 10)
+
+    def test_rate_aware_levels_move_down_for_fast_growth_keeping_the_gap(self):
+        start0, target0 = d.watermark_levels(256 * MiB, 5, 10)
+        start, target = d.rate_aware_levels(256 * MiB, 5, 10, 60 * MiB, 0.5)
+        assert 256 * MiB - start >= 30 * MiB          # 0.5 s of 60 MiB/s fits below high
+        assert start - target == start0 - target0      # same hysteresis gap
+        assert start % d.PAGE_SIZE == 0 and target % d.PAGE_SIZE == 0
+
+    def test_rate_aware_levels_never_below_half_of_high(self):
+        start, target = d.rate_aware_levels(256 * MiB, 5, 10, 10_000 * MiB, 0.5)
+        assert start == 128 * MiB and 0 < target < start
+
     def test_below_start_does_nothing(self):
         assert d.watermark_step(949 * MiB, 950 * MiB, 900 * MiB, 16 * MiB, False) == (0, False)
 

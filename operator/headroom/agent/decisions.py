@@ -32,6 +32,9 @@ class Tuning:
     psi_stall_us: int = 20_000      # PSI trigger: 20 ms of "some" stall ...
     psi_window_us: int = 1_000_000  # ... within 1 s wakes the cgroup at once
     budget_burst_seconds: float = 1.0  # CPU budget bucket depth, in seconds of budget
+    reaction_lead: float = 0.5      # seconds of growth kept between the watermark and high: a
+                                    # late check or a write waiting for a CPU must not let
+                                    # usage reach memory.high (measured: 0.3-0.5 s under TCG)
     lowering_deadline: float = 10.0    # a memory.high lowered below usage is written after
                                        # at most this long of background reclaim, reclaimed or not
 
@@ -58,6 +61,19 @@ def watermark_levels(high: int, headroom_percent: float, target_percent: float) 
     start = watermark_start(high, headroom_percent)
     target = page_down(high * (1 - target_percent / 100))
     return start, min(target, start)
+
+
+def rate_aware_levels(high: int, headroom_percent: float, target_percent: float,
+                      rate: float, lead_seconds: float) -> tuple[int, int]:
+    """watermark_levels, moved down while the cgroup grows fast: usage growing at `rate`
+    must need at least `lead_seconds` from the start level to `high`. The gap between
+    start and target is kept; start never goes below half of `high`."""
+    start, target = watermark_levels(high, headroom_percent, target_percent)
+    shift = max(0, page_up(max(rate, 0.0) * lead_seconds) - (high - start))
+    if shift == 0:
+        return start, target
+    new_start = max(page_down(high / 2), start - shift)
+    return new_start, max(0, new_start - (start - target))
 
 
 def lowering_needed(usage: int, current_high: int | None, new_high: int,

@@ -409,7 +409,8 @@ class ReclaimEngine:
         want, interval = 0, tn.max_interval
         high = st.effective_high
         if high is not None:
-            start, target = d.watermark_levels(high, s.headroom_percent, s.target_percent)
+            start, target = d.rate_aware_levels(high, s.headroom_percent, s.target_percent,
+                                                st.rate, tn.reaction_lead)
             was_active = st.active
             want, st.active = d.watermark_step(usage, start, target, s.step_bytes, st.active)
             interval = d.next_check_interval(usage, start, max(st.rate, st.inst_rate), tn)
@@ -549,8 +550,9 @@ class ReclaimEngine:
             stats.reclaimed_bytes += job.nbytes
             if st.active and r.usage_after is not None and st.effective_high is not None:
                 s = st.target.settings
-                _, target = d.watermark_levels(st.effective_high, s.headroom_percent,
-                                               s.target_percent)
+                _, target = d.rate_aware_levels(st.effective_high, s.headroom_percent,
+                                                s.target_percent, st.rate,
+                                                self.tuning.reaction_lead)
                 st.active = r.usage_after > target  # episode over once down at the target
             if st.consecutive_failures:
                 event(log, "reclaim_recovered", key=job.key, after_failures=st.consecutive_failures)
