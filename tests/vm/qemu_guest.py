@@ -51,7 +51,10 @@ from guest_image import (  # noqa: E402
 )
 
 CHECKOUT = HERE.parents[1]
-CACHE = CHECKOUT / ".cache" / "vm"
+# Inside the checkout: the guest reaches run directories at the same path.
+CACHE = Path(os.environ.get("HEADROOM_VM_CACHE") or CHECKOUT / ".cache" / "vm").resolve()
+if not CACHE.is_relative_to(CHECKOUT):
+    raise ImportError(f"HEADROOM_VM_CACHE={CACHE} must be inside the checkout {CHECKOUT}")
 INIT_SCRIPT = HERE / "guest_init.sh"
 BUSYBOX = Path("/bin/busybox")  # from busybox-static (scripts/ensure-env)
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
@@ -114,21 +117,45 @@ class Result:
 
 # ---------------------------------------------------------------- kernel download
 
-def pick_debian_archive(indextargets: str, suite: str = "bookworm") -> str | None:
-    """The archive URI of the machine's apt source for `suite`.
+def apt_sources(files: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(URI, suite) of every binary `deb` source in apt source files (one-line
+    `*.list` format and deb822 `*.sources`), keyed by file name."""
+    found: list[tuple[str, str]] = []
+    for name, text in files.items():
+        if name.endswith(".sources"):
+            for stanza in re.split(r"\n\s*\n", text):
+                fields: dict[str, str] = {}
+                for line in stanza.splitlines():
+                    if line[:1] not in ("#", " ", "\t", "") and ":" in line:
+                        key, value = line.split(":", 1)
+                        fields[key.strip().lower()] = value.strip()
+                if "deb" in fields.get("types", "").split() and \
+                        fields.get("enabled", "yes").lower() != "no":
+                    found += [(u, s) for u in fields.get("uris", "").split()
+                              for s in fields.get("suites", "").split()]
+        else:
+            for line in text.splitlines():
+                words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
+                if len(words) >= 3 and words[0] == "deb":
+                    found.append((words[1], words[2]))
+    return found
 
-    `indextargets` is the output of
-    `apt-get indextargets --format '$(TARGET_OF)\\t$(REPO_URI)\\t$(RELEASE)\\t$(CODENAME)'`.
-    The URI is taken from the machine's configuration (never written in this project).
-    """
-    for line in indextargets.splitlines():
-        parts = line.split("\t")
-        if len(parts) != 4:
-            continue
-        target_of, uri, release, codename = parts
-        if target_of == "deb" and (release == suite or (codename == suite and "-" not in release)):
+
+def pick_debian_archive(sources: Sequence[tuple[str, str]], suite: str = "bookworm"
+                        ) -> str | None:
+    """The URI of the machine's Debian archive source for `suite`: taken from its
+    configuration, so that no mirror's address is written in this project."""
+    for uri, src_suite in sources:
+        if src_suite == suite:
             return uri
     return None
+
+
+def _machine_apt_sources() -> list[tuple[str, str]]:
+    etc = Path("/etc/apt")
+    paths = [etc / "sources.list", *sorted((etc / "sources.list.d").glob("*.list")),
+             *sorted((etc / "sources.list.d").glob("*.sources"))]
+    return apt_sources({str(p): p.read_text() for p in paths if p.is_file()})
 
 
 def _natural_key(s: str) -> list[int | str]:
@@ -171,12 +198,8 @@ class _PrivateApt:
         return proc.stdout
 
     def configure(self) -> None:
-        uri = os.environ.get("HEADROOM_DEBIAN_ARCHIVE")
-        if not uri:
-            fmt = "$(TARGET_OF)\t$(REPO_URI)\t$(RELEASE)\t$(CODENAME)"
-            proc = subprocess.run(["apt-get", "indextargets", "--format", fmt],
-                                  capture_output=True, text=True, check=False)
-            uri = pick_debian_archive(proc.stdout)
+        uri = os.environ.get("HEADROOM_DEBIAN_ARCHIVE") or pick_debian_archive(
+            _machine_apt_sources())
         if not uri:
             raise KernelUnavailable(
                 "no apt source for Debian bookworm is configured on this machine; set "
@@ -444,6 +467,16 @@ def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _remove_stale(parent: Path, max_age: float = 86400) -> None:
+    """Remove run directories left behind by killed processes (their sparse disk
+    images cost little, but they add up)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for d in parent.iterdir():
+        with contextlib.suppress(OSError):
+            if time.time() - d.stat().st_mtime > max_age:
+                shutil.rmtree(d, ignore_errors=True)
+
+
 def run(kernel: str, argv: Sequence[str], timeout: float = 600, env: Mapping[str, str] | None
         = None, *, memory_mb: int = 2048, cpus: int | None = None, disk_gb: int = 8,
         zram_mb: int = 0, stream: bool = False) -> Result:
@@ -456,7 +489,7 @@ def run(kernel: str, argv: Sequence[str], timeout: float = 600, env: Mapping[str
     """
     k = ensure_kernel(kernel)
     cpus = cpus or min(2, os.cpu_count() or 1)
-    (CACHE / "runs").mkdir(parents=True, exist_ok=True)
+    _remove_stale(CACHE / "runs")
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=CACHE / "runs"))
     try:
         (run_dir / "command.sh").write_text(command_script(argv, CHECKOUT, guest_env(env)))
@@ -508,7 +541,7 @@ def shared_tmpdir() -> Iterator[Path]:
     """A temporary directory in the checkout: the guest sees it at the same path and can
     write results (e.g. a junit XML file) there for the host to read."""
     base = CACHE / "shared"
-    base.mkdir(parents=True, exist_ok=True)
+    _remove_stale(base)
     path = Path(tempfile.mkdtemp(dir=base))
     try:
         yield path

@@ -83,15 +83,31 @@ def test_strip_module_signature() -> None:
     assert guest_image.strip_module_signature(body) == body
 
 
-def test_pick_debian_archive_from_the_machines_sources() -> None:
-    text = ("deb\thttp://mirror.example/debian-security/\tbookworm-security\tbookworm\n"
-            "deb-src\thttp://src.example/debian/\tbookworm\tbookworm\n"
-            "deb\thttp://mirror.example/debian/\tbookworm\tbookworm\n")
-    assert qemu_guest.pick_debian_archive(text) == "http://mirror.example/debian/"
-    # A source written as "oldstable" is found by its codename.
-    assert qemu_guest.pick_debian_archive("deb\thttp://m.example/d/\toldstable\tbookworm\n") \
-        == "http://m.example/d/"
-    assert qemu_guest.pick_debian_archive("deb\thttp://m.example/d/\ttrixie\ttrixie\n") is None
+def test_apt_sources_reads_both_formats() -> None:
+    files = {
+        "/etc/apt/sources.list": ("# deb http://old.example/debian bookworm main\n"
+                                  "deb [arch=amd64 signed-by=/k.gpg] http://m.example/debian "
+                                  "bookworm main contrib\n"
+                                  "deb-src http://m.example/debian bookworm main\n"),
+        "/etc/apt/sources.list.d/debian.sources": (
+            "Types: deb\n# a comment\nURIs: http://d.example/debian\n"
+            "Suites: bookworm bookworm-updates\nComponents: main\n\n"
+            "Types: deb\nURIs: http://d.example/debian-security\nSuites: bookworm-security\n"
+            "Components: main\n\n"
+            "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nEnabled: no\n"),
+    }
+    assert qemu_guest.apt_sources(files) == [
+        ("http://m.example/debian", "bookworm"),
+        ("http://d.example/debian", "bookworm"),
+        ("http://d.example/debian", "bookworm-updates"),
+        ("http://d.example/debian-security", "bookworm-security")]
+
+
+def test_pick_debian_archive() -> None:
+    sources = [("http://s.example/debian-security", "bookworm-security"),
+               ("http://m.example/debian", "bookworm")]
+    assert qemu_guest.pick_debian_archive(sources) == "http://m.example/debian"
+    assert qemu_guest.pick_debian_archive([("http://m.example/debian", "trixie")]) is None
 
 
 SHOW = """Package: linux-image-amd64

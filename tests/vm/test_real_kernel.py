@@ -2,12 +2,14 @@
 
 Fails with the inner session's output when it fails or collects nothing. When QEMU
 or a kernel cannot be had, it fails under CI (CI=true) and skips elsewhere.
-HEADROOM_VM_TIMEOUT overrides the per-kernel timeout (seconds).
+HEADROOM_VM_TIMEOUT overrides the per-kernel timeout (seconds); HEADROOM_VM_PYTEST_ARGS
+adds arguments to the inner pytest (e.g. "-k swappiness").
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -35,7 +37,8 @@ def inner_pytest_argv(junit: Path) -> list[str]:
     # pulls in an HTTP stack. Guest tests that need one can add "-p NAME" here.
     return [str(qemu_guest.CHECKOUT / ".venv" / "bin" / "python"), "-m", "pytest",
             "tests/vm/guest", "-p", "no:cacheprovider", "-W",
-            "ignore::pytest.PytestConfigWarning", "-rfEs", f"--junitxml={junit}"]
+            "ignore::pytest.PytestConfigWarning", "-rfEs", f"--junitxml={junit}",
+            *shlex.split(os.environ.get("HEADROOM_VM_PYTEST_ARGS", ""))]
 
 
 @pytest.mark.parametrize("kernel", sorted(qemu_guest.KERNELS))
