@@ -18,6 +18,7 @@ import qemu_guest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TIMEOUT = float(os.environ.get("HEADROOM_VM_TIMEOUT", "1200"))
+LOG_DIR = Path(__file__).resolve().parents[2] / "out"  # tests/vm/conftest.py reads it back
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,7 +38,7 @@ def inner_pytest_argv(junit: Path) -> list[str]:
     # pulls in an HTTP stack. Guest tests that need one can add "-p NAME" here.
     return [str(qemu_guest.CHECKOUT / ".venv" / "bin" / "python"), "-m", "pytest",
             "tests/vm/guest", "-p", "no:cacheprovider", "-W",
-            "ignore::pytest.PytestConfigWarning", "-rfEs", f"--junitxml={junit}",
+            "ignore::pytest.PytestConfigWarning", "-rA", f"--junitxml={junit}",
             *shlex.split(os.environ.get("HEADROOM_VM_PYTEST_ARGS", ""))]
 
 
@@ -59,8 +60,13 @@ def test_guest_session(kernel: str) -> None:
                         f"{e.stderr[-5000:]}", pytrace=False)
         output = f"--- guest stdout:\n{result.stdout[-20000:]}\n--- guest stderr:\n" \
                  f"{result.stderr[-5000:]}"
-        print(f"kernel {kernel}: guest session took {result.duration:.1f} s "
-              f"(boot {result.boot_seconds or 0:.1f} s)\n{output}")
+        header = (f"kernel {kernel}: guest session took {result.duration:.1f} s "
+                  f"(boot {result.boot_seconds or 0:.1f} s)")
+        print(f"{header}\n{output}")
+        # Kept for people and CI logs: the guest tests print their measured numbers.
+        LOG_DIR.mkdir(exist_ok=True)
+        (LOG_DIR / f"vm-{kernel}.log").write_text(
+            f"{header}\n--- guest stdout:\n{result.stdout}\n--- guest stderr:\n{result.stderr}")
         assert junit.exists(), f"the guest session wrote no junit file\n{output}"
         counts = qemu_guest.junit_counts(junit.read_text())
     assert result.rc == 0, f"guest pytest on {kernel} exited {result.rc}\n{output}"
