@@ -1,0 +1,415 @@
+"""Benchmark of the reclaim engine on real kernels, in the QEMU test guest (one boot per
+kernel); prints Markdown tables. Not a test.
+
+    .venv/bin/python bench/bench_engine.py                    # 6.1 and 6.12, 5 repetitions
+    .venv/bin/python bench/bench_engine.py --kernels 6.12 --reps 3 --counts 10,100
+
+(a) **Page cache at memory.high**, three arms in one guest, `--reps` times in rotating
+    order, medians: the kernel alone; headroom's engine; a naive reclaimer that looks
+    at every cgroup once per second and writes memory.reclaim for the whole excess
+    above the same target (bench/naive_reclaimer.py). Each arm is one run of
+    bench/pagecache_compare.py's run_arm() (a fresh cgroup, caches dropped, a sparse
+    file streamed through it, PSI / memory.events / memory.peak / per-read latency).
+(b) **Idle overhead**: N real cgroups managed by one engine (memory.high 64 MiB, none
+    near its watermark); the engine's CPU (this process's CPU less its sleeping main
+    thread) over `--idle-seconds`, at N = `--counts`.
+(c) **Watermark to first reclaim write**, with the same N cgroups: a forked worker in
+    one cgroup at a time, idle at 50% of memory.high, reads a sparse file in 64 KiB
+    chunks and reads memory.peak after each; the first time it sees that usage reached
+    the engine's start watermark (memory.high x 95%) it records CLOCK_MONOTONIC. The engine
+    runs over a CgroupRoot whose Cgroup.reclaim() records CLOCK_MONOTONIC just before
+    each memory.reclaim write. Delay = first write at or after the burst's start minus
+    the worker's crossing time (slightly negative when the engine saw the crossing
+    first). One trial per cgroup, `--trials` cgroups per N.
+
+Guest time under TCG is emulated and slow (CPU-bound work is roughly 10-50x slower than
+native, more when the host is busy): compare arms within one run, not with other
+machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(CHECKOUT / "tests" / "vm"))
+sys.path.insert(0, str(CHECKOUT / "bench"))
+import guest_support  # noqa: E402
+import pagecache_compare as pc  # noqa: E402
+
+MiB = 1 << 20
+ARMS = ("kernel", "engine", "naive")
+CHUNK = 64 << 10
+SCALE_HIGH = 64 * MiB
+
+
+# ---------------------------------------------------------------- (a) page cache arms
+
+def _reclaimer(arm: str, root: Any, cpu_budget: float | None) -> Any:
+    from headroom.agent.engine import ReclaimEngine
+    from naive_reclaimer import NaiveReclaimer
+
+    if arm == "engine":
+        return ReclaimEngine(root, cpu_budget_cores=cpu_budget)
+    return NaiveReclaimer(root) if arm == "naive" else None
+
+
+def _arm_summary(r: Any) -> dict[str, float]:
+    eng = r.engine or {}
+    return {"psi_some_s": r.psi_some_us / 1e6, "psi_full_s": r.psi_full_us / 1e6,
+            "high_events": r.high_events, "p50_ms": r.latency_us["p50"] / 1000,
+            "p99_ms": r.latency_us["p99"] / 1000, "peak_mib": r.peak_bytes / MiB,
+            "high_mib": r.memory_high / MiB, "reclaimed_mib": eng.get("reclaimed_bytes", 0) / MiB,
+            "reclaim_cpu_s": eng.get("reclaim_cpu_s", 0.0),
+            "reclaimer_cpu_s": eng.get("engine_cpu_s", 0.0), "duration_s": r.duration_s}
+
+
+def pagecache_arms(opts: pc.Options, reps: int) -> dict[str, list[dict[str, float]]]:
+    from headroom.cgroup import CgroupRoot
+
+    root = CgroupRoot(opts.cgroup_root)
+    guest_support.require_cgroup2(root.path)
+    pc.prepare_file(opts.file, opts.file_mib, opts.sparse)
+    runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
+    for rep in range(reps):
+        for arm in ARMS[rep % 3:] + ARMS[:rep % 3]:   # rotate: no arm always runs first
+            pc.progress(f"repetition {rep + 1}/{reps}, arm {arm}")
+            reclaimer = _reclaimer(arm, root, opts.cpu_budget_cores)
+            if reclaimer is not None:
+                reclaimer.start()
+            try:
+                runs[arm].append(_arm_summary(pc.run_arm(arm, opts, root, reclaimer)))
+            finally:
+                if reclaimer is not None:
+                    reclaimer.stop(restore=True)
+    return runs
+
+
+# ---------------------------------------------------------------- (b), (c) at N cgroups
+
+def _timed_root(path: Path, writes: list[tuple[Path, float]]) -> Any:
+    """A CgroupRoot whose cgroups record (path, CLOCK_MONOTONIC) before every
+    memory.reclaim write: the engine's own first write, timed where it happens."""
+    from headroom.cgroup import Cgroup, CgroupRoot
+
+    class TimedCgroup(Cgroup):
+        def reclaim(self, nbytes: int, swappiness: int | None = None) -> None:
+            writes.append((self.path, time.monotonic()))
+            super().reclaim(nbytes, swappiness)
+
+    class TimedRoot(CgroupRoot):
+        def _make(self, p: Path) -> Cgroup:
+            return TimedCgroup(self, p)
+
+    return TimedRoot(path)
+
+
+class Worker:
+    """A forked child inside one cgroup, reading its own region of a sparse file on
+    command. Forked while this process has one thread (before the engine starts)."""
+
+    _open: ClassVar[set[int]] = set()   # parent-side pipe ends of live workers
+
+    def __init__(self, cg: Path, file: Path, offset: int) -> None:
+        assert threading.active_count() == 1, "fork only while single-threaded"
+        cmd_r, cmd_w = os.pipe()
+        res_r, res_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns
+            # other workers' pipe ends: held open here, their children would never see EOF
+            for fd in (cmd_w, res_r, *Worker._open):
+                os.close(fd)
+            code = 0
+            try:
+                _worker_loop(cg, file, offset, os.fdopen(cmd_r), os.fdopen(res_w, "w"))
+            except BaseException:
+                code = 1
+            os._exit(code)
+        os.close(cmd_r)
+        os.close(res_w)
+        Worker._open |= {cmd_w, res_r}
+        self.cmd, self.res = os.fdopen(cmd_w, "w"), os.fdopen(res_r)
+
+    def call(self, op: str, arg: int) -> Any:
+        self.cmd.write(json.dumps([op, arg]) + "\n")
+        self.cmd.flush()
+        line = self.res.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.pid} died")
+        return json.loads(line)
+
+    def close(self) -> None:
+        Worker._open -= {self.cmd.fileno(), self.res.fileno()}
+        self.cmd.close()
+        os.waitpid(self.pid, 0)
+        self.res.close()
+
+
+def _worker_loop(cg_path: Path, file: Path, offset: int, cmd: Any, res: Any) -> None:
+    from headroom.cgroup import CgroupRoot
+
+    guest_support.join_cgroup(cg_path)
+    cg = CgroupRoot(cg_path.parent).cgroup(cg_path)
+    fd = os.open(file, os.O_RDONLY)
+    buf, pos = bytearray(CHUNK), offset
+    for line in cmd:
+        op, arg = json.loads(line)
+        if op == "fill":       # charge `arg` bytes of page cache, then idle
+            while pos - offset < arg:
+                pos += os.preadv(fd, [buf], pos)
+            reply: Any = None
+        else:
+            # "burst": read until usage reached `arg`. memory.peak, not memory.current: the
+            # engine may reclaim between a crossing and our next look, peak keeps it.
+            t_begin, reads = time.monotonic(), 0
+            while True:
+                n = os.preadv(fd, [buf], pos)
+                if n == 0:
+                    raise RuntimeError(f"{file}: end of file at {pos} before the crossing")
+                pos += n
+                reads += 1
+                if int(cg.file("memory.peak").read_text()) >= arg:
+                    break
+            reply = [t_begin, time.monotonic(), reads]
+        res.write(json.dumps(reply) + "\n")
+        res.flush()
+
+
+def _process_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def scale_run(cgroup_root: Path, n: int, trials: int, idle_seconds: float,
+              scratch: Path) -> dict[str, Any]:
+    from headroom.agent.decisions import watermark_levels
+    from headroom.agent.engine import ReclaimEngine, ReclaimSettings, Target
+
+    guest_support.require_cgroup2(cgroup_root)
+    parent = cgroup_root / "hr-bench-scale"
+    guest_support.remove_cgroup(parent)
+    guest_support.create_cgroup(cgroup_root, parent.name)
+    (parent / "cgroup.subtree_control").write_text("+memory")
+    cgs = [guest_support.create_cgroup(parent, f"cg{i:03d}") for i in range(n)]
+    k = min(trials, n)
+    file = scratch / "bench-scale.dat"
+    with open(file, "wb") as fh:
+        fh.truncate(k * 2 * SCALE_HIGH)     # sparse: page cache without disk I/O
+    workers = [Worker(cgs[i], file, i * 2 * SCALE_HIGH) for i in range(k)]
+    settings = ReclaimSettings()
+    start, _ = watermark_levels(SCALE_HIGH, settings.headroom_percent, settings.target_percent)
+    writes: list[tuple[Path, float]] = []
+    engine = None
+    try:
+        for w in workers:
+            w.call("fill", SCALE_HIGH // 2)
+        engine = ReclaimEngine(_timed_root(cgroup_root, writes))
+        engine.start()
+        t0 = time.monotonic()
+        engine.set_targets([Target(key=cg.name, path=cg, memory_high=SCALE_HIGH,
+                                   settings=settings) for cg in cgs])
+        takeover_s = time.monotonic() - t0
+        time.sleep(3)                        # first checks, capability probe, watches
+        pc.progress(f"{n} cgroups managed (takeover {takeover_s:.2f} s); idle "
+                    f"{idle_seconds:.0f} s")
+        cpu0, main0, w0 = _process_cpu(), time.thread_time(), time.monotonic()
+        time.sleep(idle_seconds)
+        idle_cpu = (_process_cpu() - cpu0) - (time.thread_time() - main0)
+        wall = time.monotonic() - w0
+        delays, rates = [], []
+        for i, w in enumerate(workers):
+            t_begin, t_cross, reads = w.call("burst", start)
+            deadline = time.monotonic() + 5
+            first = None
+            while first is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                first = min((t for p, t in list(writes) if p == cgs[i] and t >= t_begin),
+                            default=None)
+            if first is None:
+                raise RuntimeError(f"no reclaim write to {cgs[i]} within 5 s of its crossing")
+            delays.append(first - t_cross)
+            rates.append(reads * CHUNK / MiB / max(t_cross - t_begin, 1e-6))
+            time.sleep(0.5)                  # the episode ends; the next cgroup is quiet
+        pc.progress(f"{n} cgroups: idle CPU {idle_cpu / wall * 1000:.1f} ms/s, delay median "
+                    f"{statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms")
+        return {"cgroups": n, "takeover_s": takeover_s, "idle_cpu_s": idle_cpu,
+                "idle_wall_s": wall, "delays_s": delays, "burst_mib_s": rates}
+    finally:
+        if engine is not None:
+            engine.stop(restore=True)
+        for w in workers:
+            w.close()
+        guest_support.remove_cgroup(parent)
+        file.unlink()
+
+
+def native_idle(n: int, seconds: float, high: int) -> dict[str, Any]:
+    """(b) on the host, natively: the same engine over a fake cgroup tree (plain files
+    in a tmp dir, no PSI triggers or events watches), to scale the guest's TCG figures."""
+    import tempfile
+
+    from headroom.agent.engine import ReclaimEngine, ReclaimSettings, Target
+
+    sys.path.insert(0, str(CHECKOUT / "tests" / "unit"))
+    from fake_cgroup_tree import FakeTree
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = FakeTree(Path(tmp) / "cgroup")
+        paths = [tree.add(f"cg{i:03d}") for i in range(n)]
+        engine = ReclaimEngine(tree.root, allow_fake_root=True)
+        engine.start()
+        try:
+            engine.set_targets([Target(key=p.name, path=p, memory_high=high,
+                                       settings=ReclaimSettings()) for p in paths])
+            time.sleep(2)
+            cpu0, main0, w0 = _process_cpu(), time.thread_time(), time.monotonic()
+            time.sleep(seconds)
+            cpu = (_process_cpu() - cpu0) - (time.thread_time() - main0)
+            return {"cgroups": n, "memory_high_mib": high // MiB, "idle_cpu_s": cpu,
+                    "idle_wall_s": time.monotonic() - w0}
+        finally:
+            engine.stop(restore=True)
+
+
+# ---------------------------------------------------------------- tables
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def _p99(values: Sequence[float]) -> float:
+    return guest_support.percentile(sorted(values), 99)
+
+
+PAGECACHE_COLUMNS = (  # (heading, key, format)
+    ("PSI some s", "psi_some_s", "{:.3f}"), ("PSI full s", "psi_full_s", "{:.3f}"),
+    ("high events", "high_events", "{:.0f}"), ("read p50 ms", "p50_ms", "{:.2f}"),
+    ("read p99 ms", "p99_ms", "{:.2f}"), ("peak MiB", "peak_mib", "{:.1f}"),
+    ("reclaimed MiB", "reclaimed_mib", "{:.0f}"), ("reclaim writes CPU s", "reclaim_cpu_s",
+                                                   "{:.2f}"),
+    ("reclaimer CPU s", "reclaimer_cpu_s", "{:.2f}"), ("run s", "duration_s", "{:.1f}"))
+
+
+def pagecache_table(runs: dict[str, list[dict[str, float]]]) -> str:
+    high = next(r["high_mib"] for rs in runs.values() for r in rs)
+    head = ["arm (medians)", *(h for h, _, _ in PAGECACHE_COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, rs in runs.items():
+        cells = [fmt.format(_median([r[key] for r in rs])) for _, key, fmt in PAGECACHE_COLUMNS]
+        lines.append(f"| {arm} ({len(rs)} runs) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\nmemory.high {high:.0f} MiB in every arm."
+
+
+def scale_table(scale: list[dict[str, Any]]) -> str:
+    lines = ["| managed cgroups | takeover s | idle engine CPU ms/s | per 100 cgroups ms/s | "
+             "trials | delay median ms | delay p99 ms | burst MiB/s (median) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in scale:
+        per_s = s["idle_cpu_s"] / s["idle_wall_s"] * 1000
+        d = [x * 1000 for x in s["delays_s"]]
+        lines.append(f"| {s['cgroups']} | {s['takeover_s']:.2f} | {per_s:.1f} | "
+                     f"{per_s * 100 / s['cgroups']:.1f} | {len(d)} | {_median(d):.0f} | "
+                     f"{_p99(d):.0f} | {_median(s['burst_mib_s']):.0f} |")
+    return "\n".join(lines)
+
+
+def native_table(native: list[dict[str, Any]]) -> str:
+    lines = ["| managed cgroups | memory.high MiB | idle engine CPU ms/s | per 100 cgroups ms/s |",
+             "|---|---|---|---|"]
+    for s in native:
+        per_s = s["idle_cpu_s"] / s["idle_wall_s"] * 1000
+        lines.append(f"| {s['cgroups']} | {s['memory_high_mib']} | {per_s:.2f} | "
+                     f"{per_s * 100 / s['cgroups']:.2f} |")
+    return "\n".join(lines)
+
+
+def report(doc: dict[str, Any]) -> str:
+    return (f"### Kernel {doc['kernel']}\n\n(a) page cache streamed at memory.high "
+            f"({doc['reps']} repetitions):\n\n{pagecache_table(doc['pagecache'])}\n\n"
+            f"(b) idle overhead and (c) watermark-to-first-write delay:\n\n"
+            f"{scale_table(doc['scale'])}\n")
+
+
+# ---------------------------------------------------------------- entry points
+
+def in_guest(a: argparse.Namespace) -> int:
+    if os.environ.get("HEADROOM_IN_GUEST") != "1":
+        print("bench_engine --in-guest makes cgroups and drops caches: only in the QEMU "
+              "guest", file=sys.stderr)
+        return 2
+    opts = pc.Options(file_mib=a.file_mib, passes=a.passes, high_mib=a.high_mib)
+    doc: dict[str, Any] = {"kernel": platform.release(), "reps": a.reps,
+                           "options": {k: str(v) for k, v in vars(a).items()}}
+    scratch = opts.file.parent
+    doc["scale"] = [scale_run(opts.cgroup_root, n, a.trials, a.idle_seconds, scratch)
+                    for n in a.counts]
+    doc["pagecache"] = pagecache_arms(opts, a.reps)
+    a.out.write_text(json.dumps(doc))
+    return 0
+
+
+def on_host(a: argparse.Namespace) -> int:
+    import qemu_guest
+
+    argv = ["--reps", str(a.reps), "--counts", ",".join(map(str, a.counts)),
+            "--trials", str(a.trials), "--idle-seconds", str(a.idle_seconds),
+            "--file-mib", str(a.file_mib), "--passes", str(a.passes),
+            "--high-mib", str(a.high_mib)]
+    docs = []
+    for kernel in a.kernels:
+        with qemu_guest.shared_tmpdir() as tmp:
+            out = tmp / "result.json"
+            result = qemu_guest.run(
+                kernel, [sys.executable, str(Path(__file__).resolve()), "--in-guest",
+                         "--out", str(out), *argv], timeout=a.timeout, memory_mb=3072,
+                stream=True)
+            if result.rc != 0:
+                print(f"bench_engine: the guest run on {kernel} failed (exit {result.rc})",
+                      file=sys.stderr)
+                return result.rc
+            docs.append(json.loads(out.read_text()))
+    native = [native_idle(n, a.idle_seconds, high) for high in (SCALE_HIGH, 1 << 30)
+              for n in a.counts]
+    if a.save:
+        a.save.write_text(json.dumps({"guest": docs, "native": native}, indent=1))
+    for doc in docs:
+        print(report(doc))
+    print("(b) natively on the host, the same engine over a fake cgroup tree (tmp files; "
+          f"no PSI triggers or events watches):\n\n{native_table(native)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--kernels", type=lambda s: s.split(","), default=["6.1", "6.12"])
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--counts", type=lambda s: [int(x) for x in s.split(",")],
+                   default=[10, 100, 500])
+    p.add_argument("--trials", type=int, default=20, help="delay trials per cgroup count")
+    p.add_argument("--idle-seconds", type=float, default=10)
+    p.add_argument("--file-mib", type=int, default=512)
+    p.add_argument("--passes", type=int, default=1)
+    p.add_argument("--high-mib", type=int, default=128)
+    p.add_argument("--timeout", type=float, default=3600, help="per guest boot, seconds")
+    p.add_argument("--save", type=Path, help="host: also write the raw results (JSON) here")
+    p.add_argument("--in-guest", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.in_guest:
+        return in_guest(a)
+    return on_host(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
