@@ -38,6 +38,7 @@ import statistics
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,6 +53,7 @@ MiB = 1 << 20
 ARMS = ("kernel", "engine", "naive")
 CHUNK = 64 << 10
 SCALE_HIGH = 64 * MiB
+MAX_DELAY = 30.0   # s: a crossing without a reclaim write by then counts as missed
 
 
 # ---------------------------------------------------------------- (a) page cache arms
@@ -134,6 +136,7 @@ class Worker:
             try:
                 _worker_loop(cg, file, offset, os.fdopen(cmd_r), os.fdopen(res_w, "w"))
             except BaseException:
+                traceback.print_exc()
                 code = 1
             os._exit(code)
         os.close(cmd_r)
@@ -227,24 +230,28 @@ def scale_run(cgroup_root: Path, n: int, trials: int, idle_seconds: float,
         time.sleep(idle_seconds)
         idle_cpu = (_process_cpu() - cpu0) - (time.thread_time() - main0)
         wall = time.monotonic() - w0
-        delays, rates = [], []
+        delays: list[float] = []
+        rates: list[float] = []
+        missed = 0
         for i, w in enumerate(workers):
             t_begin, t_cross, reads = w.call("burst", start)
-            deadline = time.monotonic() + 5
-            first = None
+            first, deadline = None, time.monotonic() + MAX_DELAY
             while first is None and time.monotonic() < deadline:
                 time.sleep(0.05)
                 first = min((t for p, t in list(writes) if p == cgs[i] and t >= t_begin),
                             default=None)
             if first is None:
-                raise RuntimeError(f"no reclaim write to {cgs[i]} within 5 s of its crossing")
-            delays.append(first - t_cross)
+                missed += 1              # an overloaded engine (TCG): counted, not timed
+            else:
+                delays.append(first - t_cross)
             rates.append(reads * CHUNK / MiB / max(t_cross - t_begin, 1e-6))
             time.sleep(0.5)                  # the episode ends; the next cgroup is quiet
         pc.progress(f"{n} cgroups: idle CPU {idle_cpu / wall * 1000:.1f} ms/s, delay median "
-                    f"{statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms")
+                    f"{_median(delays) * 1000:.0f} ms, max {max(delays, default=0) * 1000:.0f} "
+                    f"ms, {missed} without a write within {MAX_DELAY:.0f} s")
         return {"cgroups": n, "takeover_s": takeover_s, "idle_cpu_s": idle_cpu,
-                "idle_wall_s": wall, "delays_s": delays, "burst_mib_s": rates}
+                "idle_wall_s": wall, "delays_s": delays, "missed": missed,
+                "burst_mib_s": rates}
     finally:
         if engine is not None:
             engine.stop(restore=True)
@@ -302,7 +309,7 @@ PAGECACHE_COLUMNS = (  # (heading, key, format)
 
 
 def pagecache_table(runs: dict[str, list[dict[str, float]]]) -> str:
-    high = next(r["high_mib"] for rs in runs.values() for r in rs)
+    high = next((r["high_mib"] for rs in runs.values() for r in rs), 0)
     head = ["arm (medians)", *(h for h, _, _ in PAGECACHE_COLUMNS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, rs in runs.items():
@@ -313,14 +320,15 @@ def pagecache_table(runs: dict[str, list[dict[str, float]]]) -> str:
 
 def scale_table(scale: list[dict[str, Any]]) -> str:
     lines = ["| managed cgroups | takeover s | idle engine CPU ms/s | per 100 cgroups ms/s | "
-             "trials | delay median ms | delay p99 ms | burst MiB/s (median) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "trials | delay median ms | delay p99 ms | missed | burst MiB/s (median) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in scale:
         per_s = s["idle_cpu_s"] / s["idle_wall_s"] * 1000
         d = [x * 1000 for x in s["delays_s"]]
         lines.append(f"| {s['cgroups']} | {s['takeover_s']:.2f} | {per_s:.1f} | "
-                     f"{per_s * 100 / s['cgroups']:.1f} | {len(d)} | {_median(d):.0f} | "
-                     f"{_p99(d):.0f} | {_median(s['burst_mib_s']):.0f} |")
+                     f"{per_s * 100 / s['cgroups']:.1f} | {len(d) + s['missed']} | "
+                     f"{_median(d):.0f} | {_p99(d):.0f} | {s['missed']} | "
+                     f"{_median(s['burst_mib_s']):.0f} |")
     return "\n".join(lines)
 
 
@@ -351,11 +359,13 @@ def in_guest(a: argparse.Namespace) -> int:
     opts = pc.Options(file_mib=a.file_mib, passes=a.passes, high_mib=a.high_mib)
     doc: dict[str, Any] = {"kernel": platform.release(), "reps": a.reps,
                            "options": {k: str(v) for k, v in vars(a).items()}}
-    scratch = opts.file.parent
-    doc["scale"] = [scale_run(opts.cgroup_root, n, a.trials, a.idle_seconds, scratch)
-                    for n in a.counts]
-    doc["pagecache"] = pagecache_arms(opts, a.reps)
-    a.out.write_text(json.dumps(doc))
+    doc["pagecache"] = pagecache_arms(opts, a.reps)   # its threads are joined: fork is safe
+    doc["scale"] = []
+    a.out.write_text(json.dumps(doc))                 # kept if a scale run fails
+    for n in a.counts:
+        doc["scale"].append(scale_run(opts.cgroup_root, n, a.trials, a.idle_seconds,
+                                      opts.file.parent))
+        a.out.write_text(json.dumps(doc))
     return 0
 
 
@@ -375,10 +385,11 @@ def on_host(a: argparse.Namespace) -> int:
                          "--out", str(out), *argv], timeout=a.timeout, memory_mb=3072,
                 stream=True)
             if result.rc != 0:
-                print(f"bench_engine: the guest run on {kernel} failed (exit {result.rc})",
+                print(f"bench_engine: the guest run on {kernel} failed (exit {result.rc})"
+                      + ("; its partial results follow" if out.exists() else ""),
                       file=sys.stderr)
-                return result.rc
-            docs.append(json.loads(out.read_text()))
+            if out.exists():
+                docs.append(json.loads(out.read_text()))
     native = [native_idle(n, a.idle_seconds, high) for high in (SCALE_HIGH, 1 << 30)
               for n in a.counts]
     if a.save:
@@ -396,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--counts", type=lambda s: [int(x) for x in s.split(",")],
                    default=[10, 100, 500])
-    p.add_argument("--trials", type=int, default=20, help="delay trials per cgroup count")
+    p.add_argument("--trials", type=int, default=10, help="delay trials per cgroup count")
     p.add_argument("--idle-seconds", type=float, default=10)
     p.add_argument("--file-mib", type=int, default=512)
     p.add_argument("--passes", type=int, default=1)
