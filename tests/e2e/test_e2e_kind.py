@@ -174,11 +174,12 @@ def test_ready_condition() -> None:
     assert ready_condition({}) is None
 
 
-def test_install_doc_runs_the_same_commands() -> None:
-    """docs/install.md must show the commands this test runs."""
-    doc = (ROOT / "docs" / "install.md").read_text()
+@pytest.mark.parametrize("doc", ["docs/install.md", "README.md"])
+def test_install_doc_runs_the_same_commands(doc: str) -> None:
+    """The install steps users read must be the commands this test runs."""
+    text = (ROOT / doc).read_text()
     for cmd in (HELM_INSTALL, APPLY_EXAMPLE):
-        assert " ".join(cmd) in doc, f"docs/install.md lacks: {' '.join(cmd)}"
+        assert " ".join(cmd) in text, f"{doc} lacks: {' '.join(cmd)}"
 
 
 # ---- the cluster ------------------------------------------------------------------
