@@ -192,11 +192,10 @@ class Processes:
         return self.read(f"/apis/headroom.dev/v1alpha1/nodereclaimplans/{NODE}")
 
     def stop_all(self) -> None:
-        """The agent and the operator before the API server they report to."""
+        """One by one, the agent and the operator before the API server they report to."""
         for proc in reversed(self.procs.values()):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
