@@ -15,10 +15,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from headroom.agent.accounting import APPLIED, TargetStats
-from headroom.agent.decisions import watermark_levels
-from headroom.agent.engine import Target
 from headroom.cgroup import Capabilities, Cgroup, CgroupError, CgroupRoot, PartialReclaim
+from headroom.engine.decisions import watermark_levels
+from headroom.engine.engine import Target
+from headroom.engine.state import APPLIED, TargetStats
 
 
 @dataclass

@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Each subcommand module owns its own flags; imported lazily so that
     # `headroom agent` does not pay for importing kopf.
-    from headroom.agent import cli as agent_cli
+    from headroom import agentcli as agent_cli
     from headroom.controller import cli as operator_cli
 
     agent_cli.add_parser(sub)

@@ -23,7 +23,7 @@ from api_helpers import wait_for
 from emulator import EmulatorThread, write_kubeconfig
 from fake_cgroup_tree import FakeTree
 from fake_kubepods import make_kubepods
-from headroom.agent.podcgroups import Driver
+from headroom.nodeagent.podcgroups import Driver
 from kube_store import Store
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -25,7 +25,7 @@ import yaml
 from api_helpers import CRDS, ROOT, VENV_BIN, kubectl_binary, pod, wait_for
 from fake_cgroup_tree import FakeTree
 from fake_kubepods import make_kubepods, make_pod, pod_rel
-from headroom.agent.podcgroups import Driver
+from headroom.nodeagent.podcgroups import Driver
 
 MI = 1 << 20
 PAGE = 4096

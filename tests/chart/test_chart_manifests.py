@@ -11,7 +11,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 from chart_render import CHART, ROOT, Doc, by_kind, container, env_of, one, render
-from headroom.agent import cli as agent_cli
+from headroom import agentcli as agent_cli
 from headroom.controller import cli as operator_cli
 
 VALUE_SETS: dict[str, dict[str, str]] = {
@@ -78,7 +78,7 @@ def grant(groups: list[str], resources: list[str], verbs: list[str]) -> Rules:
     return {(g, r, v) for g in groups for r in resources for v in verbs}
 
 
-# What the code calls (headroom/agent/cluster.py, planwatch.py, events.py;
+# What the code calls (headroom/nodeagent/agent.py, planwatch.py, events.py;
 # headroom/controller/kubeclient.py, handlers.py; kopf's discovery and posting).
 EVENTS = grant([""], ["events"], ["create"])
 READ = ["get", "list", "watch"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from headroom.agent.accounting import TargetStats
-from headroom.agent.metrics import AgentMetrics, TargetSample
 from headroom.cgroup import Capabilities
+from headroom.engine.metrics import AgentMetrics, TargetSample
+from headroom.engine.state import TargetStats
 
 ROOT = Path(__file__).resolve().parents[2]
 

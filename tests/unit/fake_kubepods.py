@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from headroom.agent.podcgroups import Driver, Layout, relative_path
+from headroom.nodeagent.podcgroups import Driver, Layout, relative_path
 
 # kubelet cgroup roots as components: the default "/" and kind's "/kubelet"
 DEFAULT_ROOT: tuple[str, ...] = ()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from fake_planapi import FakePlanAPI
-from headroom.agent.events import (
+from headroom.nodeagent.events import (
     EventRecorder,
     Incident,
     PodRef,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from headroom.agent.status import (
+from headroom.nodeagent.status import (
     PodEntry,
     PodProblem,
     StatusSchedule,

@@ -256,7 +256,7 @@ def test_quantity_parser_is_the_clients_and_standalone_skips_the_client_import()
     # of a standalone agent); it must agree with kubernetes.utils.parse_quantity.
     script = (
         "import sys\n"
-        "import headroom.agent.standalone\n"
+        "import headroom.standalone.run\n"
         "assert not [m for m in sys.modules if m.startswith('kubernetes')], 'client imported'\n"
         "from headroom.api.quantity import parse_quantity as ours\n"
         "from kubernetes.utils import parse_quantity as theirs\n"

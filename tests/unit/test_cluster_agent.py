@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from fake_kubepods import DEFAULT_ROOT, KIND_ROOT, make_kubepods, make_pod, parents, pod_rel
-from headroom.agent.cluster import ClusterAgent, parse_plan
-from headroom.agent.engine import ReclaimEngine
-from headroom.agent.events import EventRecorder
-from headroom.agent.metrics import AgentMetrics
-from headroom.agent.planstate import StateStore
-from headroom.agent.podcgroups import Driver, make_resolver
-from headroom.agent.status import StatusSchedule
+from headroom.engine.engine import ReclaimEngine
+from headroom.engine.metrics import AgentMetrics
+from headroom.nodeagent.agent import ClusterAgent, parse_plan
+from headroom.nodeagent.events import EventRecorder
+from headroom.nodeagent.planstate import StateStore
+from headroom.nodeagent.podcgroups import Driver, make_resolver
+from headroom.nodeagent.status import StatusSchedule
 
 A = "aaaaaaaa-0000-4000-8000-000000000001"
 B = "bbbbbbbb-0000-4000-8000-000000000002"

@@ -3,7 +3,7 @@
 import itertools
 
 import pytest
-from headroom.agent import decisions as d
+from headroom.engine import decisions as d
 
 MiB = 1 << 20
 T = d.Tuning()

@@ -7,10 +7,10 @@ import threading
 import time
 
 import pytest
-from headroom.agent import engine as engine_mod
-from headroom.agent.decisions import PAGE_SIZE as PAGE
-from headroom.agent.engine import ReclaimEngine, ReclaimSettings, Target
 from headroom.cgroup import Cgroup
+from headroom.engine import engine as engine_mod
+from headroom.engine.decisions import PAGE_SIZE as PAGE
+from headroom.engine.engine import ReclaimEngine, ReclaimSettings, Target
 
 MiB = 1 << 20
 HIGH = 256 * MiB

@@ -1,4 +1,4 @@
-from headroom.agent.scheduler import DueQueue
+from headroom.engine.scheduler import DueQueue
 
 
 def test_earliest_first_and_rescheduling_supersedes():

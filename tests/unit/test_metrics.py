@@ -5,8 +5,8 @@ from __future__ import annotations
 import urllib.request
 from dataclasses import dataclass
 
-from headroom.agent.metrics import AgentMetrics
 from headroom.cgroup import Capabilities
+from headroom.engine.metrics import AgentMetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 UID = "aaaaaaaa-0000-4000-8000-000000000001"

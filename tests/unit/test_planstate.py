@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from headroom.agent.planstate import StateStore
+from headroom.nodeagent.planstate import StateStore
 
 PLAN = {
     "apiVersion": "headroom.dev/v1alpha1",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from fake_planapi import FakePlanAPI, wait_until
-from headroom.agent.planwatch import PlanWatcher, backoff_delay, plan_identity
+from headroom.nodeagent.planwatch import PlanWatcher, backoff_delay, plan_identity
 
 SPEC = {"nodeName": "node-1", "pods": []}
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from fake_kubepods import KIND_ROOT, make_kubepods, make_pod, parents, pod_rel
-from headroom.agent.podcgroups import (
+from headroom.nodeagent.podcgroups import (
     Driver,
     Layout,
     PodCgroupError,

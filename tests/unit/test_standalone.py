@@ -12,8 +12,9 @@ import time
 import urllib.request
 
 import pytest
-from headroom.agent import standalone, standalone_config
 from headroom.cgroup import ALLOW_FAKE_ENV, CgroupRoot
+from headroom.standalone import config as standalone_config
+from headroom.standalone import run as standalone
 from prometheus_client.parser import text_string_to_metric_families
 
 MiB = 1 << 20

@@ -26,7 +26,7 @@ MIN_MEMORY_HIGH = 1 << 20
 MIN_CPU_BUDGET_CORES = 0.001
 INT32_MAX = 2**31 - 1
 
-# Defaults, equal to headroom.agent.engine.ReclaimSettings (docs/architecture.md).
+# Defaults, equal to headroom.engine.engine.ReclaimSettings (docs/architecture.md).
 DEFAULT_HEADROOM_PERCENT = 5
 DEFAULT_TARGET_PERCENT = 10
 DEFAULT_STEP_BYTES = 16 << 20

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import guest_support
 import pytest
-from headroom.agent import decisions
-from headroom.agent.engine import ReclaimEngine, ReclaimSettings, Target, TargetStats
 from headroom.cgroup import CgroupRoot
 from headroom.cgroup import capabilities as caps
+from headroom.engine import decisions
+from headroom.engine.engine import ReclaimEngine, ReclaimSettings, Target, TargetStats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 import pagecache_compare

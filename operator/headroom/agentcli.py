@@ -69,9 +69,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     if args.standalone:
-        from headroom.agent import standalone
+        from headroom.standalone import run as standalone
 
         return standalone.run(args)
-    from headroom.agent import cluster
+    from headroom.nodeagent import agent as cluster
 
     return cluster.run(args)

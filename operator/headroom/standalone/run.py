@@ -18,12 +18,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from headroom.agent import logs
-from headroom.agent.engine import ReclaimEngine, Target, TargetStats
-from headroom.agent.logs import event
-from headroom.agent.metrics import AgentMetrics
-from headroom.agent.standalone_config import Config, ConfigError, load
+from headroom import logs
 from headroom.cgroup import CgroupError, CgroupRoot
+from headroom.engine.engine import ReclaimEngine, Target, TargetStats
+from headroom.engine.metrics import AgentMetrics
+from headroom.logs import event
+from headroom.standalone.config import Config, ConfigError, load
 
 log = logging.getLogger("headroom.standalone")
 EXIT_USAGE = 2

@@ -31,18 +31,6 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from headroom.agent import decisions as d
-from headroom.agent.accounting import (
-    APPLIED,
-    DRY_RUN,
-    ERROR,
-    LOWERING,
-    NOT_FOUND,
-    CgroupState,
-    TargetStats,
-)
-from headroom.agent.logs import event
-from headroom.agent.scheduler import DueQueue
 from headroom.cgroup import (
     Capabilities,
     Cgroup,
@@ -54,6 +42,18 @@ from headroom.cgroup import (
     Watch,
 )
 from headroom.cgroup import capabilities as caps_probe
+from headroom.engine import decisions as d
+from headroom.engine.scheduler import DueQueue
+from headroom.engine.state import (
+    APPLIED,
+    DRY_RUN,
+    ERROR,
+    LOWERING,
+    NOT_FOUND,
+    CgroupState,
+    TargetStats,
+)
+from headroom.logs import event
 
 __all__ = ["MODES", "ReclaimEngine", "ReclaimSettings", "Target", "TargetStats", "Tuning"]
 

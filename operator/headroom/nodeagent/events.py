@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from headroom.agent.logs import event
-from headroom.agent.status import rfc3339
+from headroom.logs import event
+from headroom.nodeagent.status import rfc3339
 
 log = logging.getLogger("headroom.events")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from headroom.agent.logs import event
+from headroom.logs import event
 
 GROUP = "headroom.dev"
 VERSION = "v1alpha1"

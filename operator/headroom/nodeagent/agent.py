@@ -30,15 +30,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from headroom import __version__
-from headroom.agent.engine import ReclaimEngine, ReclaimSettings, Target
-from headroom.agent.events import EventRecorder, PodRef, find_incidents, kubernetes_poster
-from headroom.agent.logs import event, setup
-from headroom.agent.metrics import AgentMetrics
-from headroom.agent.planstate import StateStore
-from headroom.agent.planwatch import GROUP, PLURAL, VERSION, PlanWatcher, plan_identity
-from headroom.agent.podcgroups import PodCgroupError, PodCgroupResolver, make_resolver
-from headroom.agent.status import PodEntry, PodProblem, StatusSchedule, build_status, rfc3339
 from headroom.cgroup import CgroupError, CgroupRoot
+from headroom.engine.engine import ReclaimEngine, ReclaimSettings, Target
+from headroom.engine.metrics import AgentMetrics
+from headroom.logs import event, setup
+from headroom.nodeagent.events import EventRecorder, PodRef, find_incidents, kubernetes_poster
+from headroom.nodeagent.planstate import StateStore
+from headroom.nodeagent.planwatch import GROUP, PLURAL, VERSION, PlanWatcher, plan_identity
+from headroom.nodeagent.podcgroups import PodCgroupError, PodCgroupResolver, make_resolver
+from headroom.nodeagent.status import PodEntry, PodProblem, StatusSchedule, build_status, rfc3339
 
 log = logging.getLogger("headroom.agent")
 

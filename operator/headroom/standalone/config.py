@@ -24,10 +24,10 @@ from typing import Any
 
 import yaml
 
-from headroom.agent.engine import ReclaimSettings
 from headroom.api.policy import PolicyError
 from headroom.api.policy import _reclaim as parse_reclaim_block
 from headroom.api.quantity import QuantityError, page_align_down, parse_bytes, parse_cpu
+from headroom.engine.engine import ReclaimSettings
 
 TOP_KEYS = ("cpuBudget", "rescanInterval", "summaryInterval", "cgroups")
 ENTRY_KEYS = ("cgroup", "memoryHigh", "dryRun", "reclaim")

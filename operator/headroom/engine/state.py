@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from headroom.agent.decisions import Bucket
 from headroom.cgroup import Cgroup, Watch
+from headroom.engine.decisions import Bucket
 
 if TYPE_CHECKING:
-    from headroom.agent.engine import Target
+    from headroom.engine.engine import Target
 
 # TargetStats.reason values
 APPLIED = "Applied"

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from headroom.agent.logs import event
+from headroom.logs import event
 
 FORMAT_VERSION = 1
 PLAN_FILE = "plan.json"

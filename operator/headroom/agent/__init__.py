@@ -1,1 +1,0 @@
-"""Node agent: reclaim engine, standalone mode, plan intake, pod cgroup discovery, metrics."""

@@ -1,0 +1,1 @@
+"""Cluster-mode node agent: plan intake, pod cgroup discovery, status, events."""

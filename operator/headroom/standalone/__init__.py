@@ -1,0 +1,1 @@
+"""Standalone mode: the engine driven by a local YAML file of cgroup globs (no Kubernetes)."""
