@@ -159,5 +159,5 @@ def test_agent_process_against_the_emulator(env: Env, agent: subprocess.Popen[st
     assert agent.wait(30) == 0
     assert tree.high(SYSTEMD_B) == "max"
     log = (env.tmp / "agent.log").read_text().splitlines()
-    assert any('"event": "memory_high_drift"' in line for line in log)
+    assert any('"msg": "memory_high_drift"' in line for line in log)
     assert all(line.startswith("{") for line in log if line.strip())

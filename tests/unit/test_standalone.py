@@ -208,7 +208,7 @@ def test_cli_applies_rescans_and_restores_on_signal(sig, tmp_path, cgroup_tree):
     assert proc.returncode == 0, err
     assert cgroup_tree.high("app.slice/a.service") == "max"
     assert cgroup_tree.high("app.slice/b.service") == str(512 * MiB)
-    assert "Traceback" not in err and '"event": "standalone_stop"' in err
+    assert "Traceback" not in err and '"msg": "standalone_stop"' in err
 
 
 def test_cli_dry_run_writes_nothing(tmp_path, cgroup_tree):
@@ -222,7 +222,7 @@ def test_cli_dry_run_writes_nothing(tmp_path, cgroup_tree):
         proc = start_agent(p, cgroup_tree.root, "--dry-run", "--metrics-port", "0",
                            stderr=logf)
         try:
-            assert wait_for(lambda: '"event": "dry_run_reclaim"' in log.read_text())
+            assert wait_for(lambda: '"msg": "dry_run_reclaim"' in log.read_text())
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=30)
         finally:

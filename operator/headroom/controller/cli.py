@@ -1,29 +1,35 @@
-"""Flags of `headroom operator`."""
+"""Flags of `headroom operator`. Every flag can also be set by the environment variable
+named in its help (cliflags)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
+
+from headroom.cliflags import add, non_negative
+from headroom.logs import LOG_FORMATS, LOG_LEVELS
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "operator",
         help="run the operator (kopf): resolve policies onto NodeReclaimPlans",
+        description="Resolves MemoryReclaimPolicies onto one NodeReclaimPlan per node. Every "
+                    "flag can also be set by the environment variable named in its help.",
     )
-    p.add_argument("--log-level", default=os.environ.get("HEADROOM_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"])
-    p.add_argument("--kubeconfig", default=os.environ.get("HEADROOM_KUBECONFIG"),
-                   help="kubeconfig file (default: $KUBECONFIG, else in-cluster credentials)")
-    p.add_argument("--debounce", type=float,
-                   default=float(os.environ.get("HEADROOM_DEBOUNCE_SECONDS", "0.5")),
-                   help="seconds of quiet after an event before plans are recomputed")
-    p.add_argument("--max-delay", type=float,
-                   default=float(os.environ.get("HEADROOM_MAX_DELAY_SECONDS", "5")),
-                   help="recompute at most this long after the first event of a burst")
-    p.add_argument("--liveness", default=os.environ.get("HEADROOM_LIVENESS_ENDPOINT", ""),
-                   help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    add(p, "--kubeconfig", env="HEADROOM_KUBECONFIG", default=None, metavar="FILE",
+        help="kubeconfig file; unset: $KUBECONFIG, else in-cluster credentials")
+    add(p, "--debounce", env="HEADROOM_DEBOUNCE_SECONDS", default=0.5, type=non_negative,
+        metavar="SECONDS", help="seconds of quiet after an event before plans are recomputed")
+    add(p, "--max-delay", env="HEADROOM_MAX_DELAY_SECONDS", default=5.0, type=non_negative,
+        metavar="SECONDS", help="recompute at most this long after the first event of a burst")
+    add(p, "--liveness", env="HEADROOM_LIVENESS_ENDPOINT", default="", metavar="URL",
+        help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz; empty: none")
+    add(p, "--log-level", env="HEADROOM_LOG_LEVEL", default="info", lower=True,
+        choices=LOG_LEVELS, help="log level")
+    add(p, "--log-format", env="HEADROOM_LOG_FORMAT", default="json", lower=True,
+        choices=LOG_FORMATS, help="json: one object per line, message under msg; text: "
+                                  "one readable line per event")
     p.set_defaults(func=run)
     return p
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import threading
 
 import kopf
 
+from headroom import logs
 from headroom.controller.handlers import OperatorOptions, build_registry
 
 
@@ -29,8 +29,7 @@ async def operate(options: OperatorOptions, *, stop_flag: threading.Event | None
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, fmt=getattr(args, "log_format", "json"))
     asyncio.run(operate(options_from_args(args),
                         liveness_endpoint=getattr(args, "liveness", None) or None))
     return 0

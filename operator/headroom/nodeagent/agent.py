@@ -374,9 +374,12 @@ def _describe(e: BaseException) -> str:
 
 # -- the process ---------------------------------------------------------------------
 
-def _load_kube_config() -> Any:
+def _load_kube_config(kubeconfig: str | None = None) -> Any:
     from kubernetes import client, config
 
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig)
+        return client.ApiClient()
     try:
         config.load_incluster_config()
     except config.ConfigException:
@@ -400,7 +403,7 @@ def _guarded(fn: Callable[..., Any], *args: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    setup(args.log_level)
+    setup(args.log_level, fmt=getattr(args, "log_format", "json"))
     # urllib3 logs each connection retry; the agent logs one event per failed call itself.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     node = args.node_name
@@ -409,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from kubernetes import client
 
-    api_client = _load_kube_config()
+    api_client = _load_kube_config(getattr(args, "kubeconfig", None))
     custom = client.CustomObjectsApi(api_client)
     core = client.CoreV1Api(api_client)
     root = CgroupRoot(args.cgroup_root)   # verifies cgroup2fs (or the test override)

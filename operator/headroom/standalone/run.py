@@ -71,7 +71,7 @@ def summary(snap: Mapping[str, TargetStats]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    logs.setup(getattr(args, "log_level", "info"))
+    logs.setup(getattr(args, "log_level", "info"), fmt=getattr(args, "log_format", "json"))
     if not args.config:
         print("headroom agent --standalone: --config FILE is required", file=sys.stderr)
         return EXIT_USAGE

@@ -81,8 +81,8 @@ def test_standalone_agent_applies_rescans_and_restores(make_cgroup, cgroup_root:
     assert agent.returncode == 0, stderr
     assert _high_text(first) == "max"                 # restored on SIGTERM
     logs = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    events = [e["event"] for e in logs]
+    events = [e["msg"] for e in logs]
     assert "standalone_start" in events and "standalone_stop" in events
     assert not [e for e in logs if e["level"] == "error"], stderr
-    taken = {e["key"] for e in logs if e["event"] == "target_added"}
+    taken = {e["key"] for e in logs if e["msg"] == "target_added"}
     assert {first.name, second.name} <= taken
