@@ -59,6 +59,10 @@ def walk(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str
 def to_json_schema(schema: dict[str, Any], is_metadata: bool = False) -> dict[str, Any]:
     """k8s structural schema -> JSON schema: drop x-kubernetes-*, forbid unknown fields."""
     out = {k: v for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    # OpenAPI v3.0's boolean exclusiveMinimum/Maximum -> draft 7's numeric form
+    for edge in ("Minimum", "Maximum"):
+        if out.pop(f"exclusive{edge}", False) is True:
+            out[f"exclusive{edge}"] = out.pop(edge.lower())
     if "properties" in out:
         out["properties"] = {k: to_json_schema(v, k == "metadata")
                              for k, v in out["properties"].items()}

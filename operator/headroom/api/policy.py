@@ -14,6 +14,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from headroom.api.plan import (
+    DEFAULT_HEADROOM_PERCENT,
+    DEFAULT_MAX_BYTES_PER_SECOND,
+    DEFAULT_PRESSURE_TARGET_PERCENT,
+    DEFAULT_STEP_BYTES,
+    DEFAULT_TARGET_PERCENT,
+    MIN_CPU_BUDGET_CORES,
+    MIN_MEMORY_HIGH,
+)
 from headroom.api.pod import PodMemory
 from headroom.api.quantity import PAGE_SIZE, QuantityError, page_align_down, parse, parse_bytes
 from headroom.api.selector import LabelSelector, SelectorError, compile_selector
@@ -21,17 +30,8 @@ from headroom.api.selector import LabelSelector, SelectorError, compile_selector
 NAMESPACED_KIND = "MemoryReclaimPolicy"
 CLUSTER_KIND = "ClusterMemoryReclaimPolicy"
 MODES = ("Watermark", "Pressure", "Off")
-# Below this memory.high a pod cannot do useful work: almost surely a unit mistake.
-MIN_MEMORY_HIGH = 1 << 20
-MIN_CPU_BUDGET_CORES = 0.001
+# Bounds and defaults shared with the plan: headroom/api/plan.py.
 INT32_MAX = 2**31 - 1
-
-# Defaults, equal to headroom.engine.engine.ReclaimSettings (docs/architecture.md).
-DEFAULT_HEADROOM_PERCENT = 5
-DEFAULT_TARGET_PERCENT = 10
-DEFAULT_STEP_BYTES = 16 << 20
-DEFAULT_MAX_BYTES_PER_SECOND = 512 << 20
-DEFAULT_PRESSURE_TARGET_PERCENT = 0.1
 
 
 class PolicyError(ValueError):

@@ -1,0 +1,191 @@
+"""headroom.api.plan: the typed plan entry, its bounds, and the CRD that carries them."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import yaml
+from headroom.api import plan
+from headroom.api.plan import (
+    MAX_BYTES,
+    MIN_MEMORY_HIGH,
+    PlanEntry,
+    validate_cpu_budget,
+    validate_entry,
+    validate_spec,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MI = 1 << 20
+
+
+def entry(**over: Any) -> dict[str, Any]:
+    e: dict[str, Any] = {
+        "uid": "u1", "namespace": "default", "name": "web-0", "qosClass": "Burstable",
+        "memoryHigh": 512 * MI, "dryRun": False,
+        "policy": {"kind": "MemoryReclaimPolicy", "namespace": "default", "name": "web"},
+        "reclaim": {"mode": "Watermark", "headroomPercent": 5, "targetPercent": 10,
+                    "stepBytes": 16 * MI, "maxBytesPerSecond": 512 * MI,
+                    "pressureTargetPercent": 0.1},
+    }
+    for key, value in over.items():
+        parent, _, leaf = key.rpartition("__")
+        target = e[parent] if parent else e
+        if value is DELETE:
+            del target[leaf]
+        else:
+            target[leaf] = value
+    return e
+
+
+DELETE = object()
+
+
+def test_a_valid_entry_becomes_a_typed_entry() -> None:
+    got, problems = validate_entry(entry())
+    assert problems == ()
+    assert isinstance(got, PlanEntry)
+    assert got.memory_high == 512 * MI and got.qos_class == "Burstable"
+    assert got.policy == plan.PlanPolicyRef("MemoryReclaimPolicy", "web", "default")
+    assert got.reclaim.step_bytes == 16 * MI and got.reclaim.swappiness is None
+
+
+def test_optional_reclaim_fields_take_the_defaults() -> None:
+    got, problems = validate_entry(entry(reclaim={"mode": "Off"}, dryRun=DELETE))
+    assert problems == () and got is not None
+    assert got.reclaim == plan.PlanReclaim(mode="Off") and got.dry_run is False
+
+
+# (field override, path of the problem, words of the message)
+BAD = {
+    # the agent-side inputs of issue 13, item 4
+    "memory-high-float": ({"memoryHigh": 1.9}, "memoryHigh", "must be an integer"),
+    "memory-high-bool": ({"memoryHigh": True}, "memoryHigh", "must be an integer"),
+    "memory-high-2^64": ({"memoryHigh": 2**64 + 8192}, "memoryHigh", "between"),
+    "memory-high-2^63": ({"memoryHigh": 2**63}, "memoryHigh", "between"),
+    "memory-high-string": ({"memoryHigh": "1Gi"}, "memoryHigh", "must be an integer"),
+    "memory-high-unaligned": ({"memoryHigh": MI + 1}, "memoryHigh", "multiple of 4096"),
+    "memory-high-zero": ({"memoryHigh": 0}, "memoryHigh", "between"),
+    "memory-high-small": ({"memoryHigh": 4096}, "memoryHigh", "between"),
+    "step-inf": ({"reclaim__stepBytes": math.inf}, "reclaim.stepBytes", "integer"),
+    "step-huge": ({"reclaim__stepBytes": 2**70}, "reclaim.stepBytes", "between"),
+    "rate-negative": ({"reclaim__maxBytesPerSecond": -4096}, "reclaim.maxBytesPerSecond",
+                      "between"),
+    "pressure-1e6": ({"reclaim__pressureTargetPercent": 1e6}, "reclaim.pressureTargetPercent",
+                     "(0, 100)"),
+    "pressure-nan": ({"reclaim__pressureTargetPercent": math.nan},
+                     "reclaim.pressureTargetPercent", "finite"),
+    "headroom-string": ({"reclaim__headroomPercent": "5"}, "reclaim.headroomPercent",
+                        "must be a number"),
+    "headroom-above-target": ({"reclaim__headroomPercent": 20}, "reclaim.targetPercent",
+                              "below targetPercent"),
+    "swappiness-201": ({"reclaim__swappiness": 201}, "reclaim.swappiness", "between 0 and 200"),
+    "swappiness-float": ({"reclaim__swappiness": 60.0}, "reclaim.swappiness", "integer"),
+    "mode-bool": ({"reclaim__mode": False}, "reclaim.mode", "must be a string"),
+    "mode-missing": ({"reclaim__mode": DELETE}, "reclaim.mode", "required"),
+    "qos-unknown": ({"qosClass": "Gold"}, "qosClass", "one of"),
+    "uid-missing": ({"uid": DELETE}, "uid", "required"),
+    "uid-int": ({"uid": 7}, "uid", "must be a string"),
+    "uid-empty": ({"uid": ""}, "uid", "characters long"),
+    "namespace-long": ({"namespace": "n" * 64}, "namespace", "characters long"),
+    "dry-run-string": ({"dryRun": "false"}, "dryRun", "boolean"),
+    "policy-not-object": ({"policy": "web"}, "policy", "must be an object"),
+    "policy-kind": ({"policy__kind": "Policy"}, "policy.kind", "one of"),
+    "reclaim-missing": ({"reclaim": DELETE}, "reclaim", "required"),
+    "unknown-field": ({"memoryMax": 1}, "memoryMax", "unknown field"),
+    "unknown-reclaim-field": ({"reclaim__stepSize": 4096}, "reclaim.stepSize", "unknown"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_entries_are_refused_with_the_field_path(name: str) -> None:
+    over, path, words = BAD[name]
+    got, problems = validate_entry(entry(**over))
+    assert got is None
+    assert [p.path for p in problems] == [path], problems
+    assert words in problems[0].message, problems[0]
+
+
+@pytest.mark.parametrize("raw", ["x", None, 3, [], ["uid"]])
+def test_an_entry_that_is_not_an_object(raw: Any) -> None:
+    got, problems = validate_entry(raw)
+    assert got is None and problems[0].path == "" and "object" in problems[0].message
+
+
+def test_largest_and_smallest_values_pass() -> None:
+    got, problems = validate_entry(entry(memoryHigh=MAX_BYTES, reclaim__stepBytes=4096,
+                                         reclaim__maxBytesPerSecond=MAX_BYTES))
+    assert problems == () and got is not None
+    assert validate_entry(entry(memoryHigh=MIN_MEMORY_HIGH))[1] == ()
+    assert MAX_BYTES < 2**63 and MAX_BYTES % 4096 == 0 and MAX_BYTES + 4096 >= 2**63
+
+
+@pytest.mark.parametrize(("raw", "ok"), [
+    (None, True), (0.5, True), (1024, True), (0.001, True),
+    (-1, False), (1e308, False), (1025, False), (0, False), ("1", False), (True, False),
+    (math.inf, False),
+])
+def test_cpu_budget(raw: Any, ok: bool) -> None:
+    value, problems = validate_cpu_budget(raw)
+    assert (problems == ()) is ok
+    if not ok:
+        assert value is None and problems[0].path == "cpuBudgetCores"
+
+
+def test_a_bad_entry_spoils_only_itself() -> None:
+    spec = {"nodeName": "n", "cpuBudgetCores": 2,
+            "pods": [entry(), "x", entry(uid="u2", reclaim__stepBytes=math.inf), entry(),
+                     entry(uid="u3")]}
+    check = validate_spec(spec)
+    assert [i for i, _ in check.entries] == [0, 4]
+    assert [i for i, _ in check.invalid] == [1, 2, 3]
+    assert "duplicate uid" in check.invalid[2][1][0].message
+    assert check.cpu_budget_cores == 2.0 and check.problems == ()
+    bad = validate_spec({"pods": "all", "cpuBudgetCores": -1})
+    assert [p.path for p in bad.problems] == ["cpuBudgetCores", "pods"]
+    assert validate_spec("x").problems[0].path == "spec"
+
+
+def test_validation_does_not_change_its_input() -> None:
+    raw = entry()
+    before = copy.deepcopy(raw)
+    validate_entry(raw)
+    assert raw == before
+
+
+# ---- one source: the CRD carries the module's bounds ------------------------------------
+
+def _plan_spec_schema() -> dict[str, Any]:
+    crd = yaml.safe_load((ROOT / "crds" / "nodereclaimplans.yaml").read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+def _at(schema: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    for part in path:
+        schema = schema["items"] if part == "[]" else schema["properties"][part]
+    return schema
+
+
+def test_the_plan_crd_carries_every_bound_of_the_module() -> None:
+    spec = _plan_spec_schema()
+    for path, keywords in plan.crd_bounds().items():
+        node = _at(spec, path)
+        for key, value in keywords.items():
+            assert node.get(key) == value, (path, key)
+    for path, rules in plan.crd_rules().items():
+        assert _at(spec, path)["x-kubernetes-validations"] == rules, path
+    items = _at(spec, ("pods", "[]"))
+    assert set(items["required"]) == {p for p in plan.REQUIRED_ENTRY_FIELDS if "." not in p}
+    assert set(items["properties"]) == {p.split(".")[0] for p in plan.ENTRY_BOUNDS}
+
+
+def test_crd_bounds_script_finds_no_drift() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "crd-bounds"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
