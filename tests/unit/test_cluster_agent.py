@@ -4,6 +4,7 @@ and events."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -348,3 +349,136 @@ def test_engine_failures_are_retried_at_a_bounded_rate(fake_kernel: FakeKernel,
     h.advance(30)
     assert len(calls) == 2
     assert h.pod_status(A)["reason"] == "Applied"
+
+
+# -- the agent defends itself (issue 13 item 3) ----------------------------------------
+
+ISSUE_VALUES = [
+    ("memoryHigh", 1.9), ("memoryHigh", True), ("memoryHigh", 2**64 + 8192),
+    ("memoryHigh", -1), ("memoryHigh", 1e308), ("memoryHigh", float("inf")),
+    ("memoryHigh", "268435456"), ("memoryHigh", 256 * MiB + 1), ("memoryHigh", 0),
+    ("memoryHigh", None), ("reclaim.stepBytes", float("inf")),
+    ("reclaim.stepBytes", 16 * MiB + 0.5), ("reclaim.maxBytesPerSecond", 2**63),
+    ("reclaim.pressureTargetPercent", 1e6), ("reclaim.swappiness", 201),
+    ("reclaim.headroomPercent", True), ("reclaim.mode", 1), ("qosClass", "Gold"),
+    ("dryRun", "false"), ("uid", 7), ("reclaim", "x"),
+]
+
+
+def _with(entry: dict, path: str, value: Any) -> dict:
+    out = {**entry, "reclaim": dict(entry["reclaim"])}
+    parent, _, key = path.rpartition(".")
+    (out[parent] if parent else out)[key] = value
+    return out
+
+
+@pytest.mark.parametrize(("field", "value"), ISSUE_VALUES,
+                         ids=[f"{f}={v!r}"[:40] for f, v in ISSUE_VALUES])
+def test_bad_value_refuses_its_entry_only_and_is_never_written(
+        fake_kernel: FakeKernel, cgroup_tree: FakeTree, state: Path, field: str,
+        value: Any) -> None:
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    make_pod(cgroup_tree, Driver.CGROUPFS, A, "Burstable")
+    make_pod(cgroup_tree, Driver.CGROUPFS, B, "Burstable", high=300 * MiB)
+    h = Harness(fake_kernel, state)
+    h.agent.set_plan(plan(pod(A), _with(pod(B), field, value)))
+    assert cgroup_tree.high(pod_rel(Driver.CGROUPFS, A, "Burstable")) == str(256 * MiB)
+    assert cgroup_tree.high(pod_rel(Driver.CGROUPFS, B, "Burstable")) == str(300 * MiB)
+    assert fake_kernel.reclaim_calls == [] or all(
+        "pod" + B not in str(c) for c in fake_kernel.reclaim_calls)
+    shown = B if field != "uid" else "<entry 1>"
+    st = next(p for p in h.agent.status()["pods"] if p["uid"] == shown)
+    assert (st["applied"], st["reason"]) == (False, "InvalidSpec")
+    assert field.split(".")[-1] in st["lastError"]
+
+
+@pytest.mark.parametrize("budget", [-1, 0, 1e308, float("inf"), True, "2", 10**6])
+def test_bad_cpu_budget_falls_back_to_the_default(fake_kernel: FakeKernel, state: Path,
+                                                  budget: Any) -> None:
+    h = Harness(fake_kernel, state)
+    budgets: list[float | None] = []
+    h.engine.set_cpu_budget = budgets.append   # type: ignore[method-assign]
+    h.agent.set_plan(plan(budget=budget))
+    assert budgets == [0.5]
+
+
+@pytest.mark.parametrize("obj", [
+    {"metadata": [], "spec": {"pods": [1]}}, {"metadata": {"name": "n"}, "spec": []},
+    {"metadata": {"name": "n"}, "spec": {"pods": {"uid": A}}},
+    {"metadata": {"name": "n", "generation": "x"}, "spec": {"pods": ["x", None, [], 1.5]}},
+], ids=["meta-list", "spec-list", "pods-map", "junk-entries"])
+def test_malformed_plan_objects_never_raise(fake_kernel: FakeKernel, state: Path,
+                                            obj: dict) -> None:
+    h = Harness(fake_kernel, state)
+    h.agent.set_plan(obj)
+    h.advance(5)
+    assert h.agent.plan.pods == ()
+
+
+def test_unknown_fields_are_ignored_not_fatal(fake_kernel: FakeKernel, cgroup_tree: FakeTree,
+                                              state: Path) -> None:
+    """A newer operator's field (agents upgrade after it) does not spoil the entry."""
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    make_pod(cgroup_tree, Driver.CGROUPFS, A, "Burstable")
+    entry = pod(A, futureField=1)
+    entry["reclaim"]["futureKnob"] = 3
+    h = Harness(fake_kernel, state)
+    h.agent.set_plan(plan(entry))
+    assert h.pod_status(A)["reason"] == "Applied"
+
+
+@pytest.mark.parametrize("bad", ["x", {"uid": A[:-1] + "9", "stepBytes": "inf"},
+                                 "INFINITY"], ids=["string", "junk", "inf-step"])
+def test_saved_plan_with_a_malformed_entry_starts_and_enforces_the_rest(
+        fake_kernel: FakeKernel, cgroup_tree: FakeTree, state: Path, bad: Any) -> None:
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    make_pod(cgroup_tree, Driver.CGROUPFS, A, "Burstable")
+    if bad == "INFINITY":   # what json.dumps writes for float("inf"): valid to json.loads
+        bad = pod(B, reclaim={"mode": "Watermark", "stepBytes": float("inf")})
+    state.mkdir()
+    (state / "plan.json").write_text(json.dumps(
+        {"version": 1, "plan": {"metadata": {"name": "node-1"},
+                                "spec": {"nodeName": "node-1", "pods": [bad, pod(A)]}}}))
+    h = Harness(fake_kernel, state)
+    h.agent.start()                                  # used to raise: a crash loop
+    assert cgroup_tree.high(pod_rel(Driver.CGROUPFS, A, "Burstable")) == str(256 * MiB)
+    assert [p.uid for p in h.agent.plan.pods] == [A]
+    assert set(h.agent.plan.invalid) and all(
+        p.reason == "InvalidSpec" for p in h.agent.plan.invalid.values())
+
+
+def test_corrupt_saved_state_is_set_aside_counted_and_the_api_plan_wins(
+        fake_kernel: FakeKernel, cgroup_tree: FakeTree, state: Path) -> None:
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    make_pod(cgroup_tree, Driver.CGROUPFS, A, "Burstable")
+    state.mkdir()
+    (state / "plan.json").write_text("{not json")
+    (state / "originals.json").write_text(json.dumps({"version": 1, "originals": {A: 1.5}}))
+    h = Harness(fake_kernel, state)
+    h.agent.store.on_set_aside = (
+        lambda f: h.metrics.state_files_set_aside.labels(file=f).inc())
+    h.agent.start()
+    assert h.agent.plan.pods == ()
+    text = h.metrics.text()
+    assert 'headroom_state_files_set_aside_total{file="plan.json"} 1.0' in text
+    assert 'headroom_state_files_set_aside_total{file="originals.json"} 1.0' in text
+    assert (state / "plan.json.corrupt").exists() and (state / "originals.json.corrupt").exists()
+    h.agent.set_plan(plan(pod(A)))                   # the API server answers
+    assert cgroup_tree.high(pod_rel(Driver.CGROUPFS, A, "Burstable")) == str(256 * MiB)
+    assert StateStore(state).load_originals() == {A: None}
+
+
+def test_saved_plan_that_fails_to_apply_is_set_aside_not_raised(
+        fake_kernel: FakeKernel, cgroup_tree: FakeTree, state: Path) -> None:
+    StateStore(state).save_plan(plan(pod(A)))
+    h = Harness(fake_kernel, state)
+
+    def boom(targets: Any) -> None:
+        raise RuntimeError("a bug")
+
+    h.engine.set_targets = boom   # type: ignore[method-assign]
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    make_pod(cgroup_tree, Driver.CGROUPFS, A, "Burstable")
+    h.agent.start()
+    assert (state / "plan.json.corrupt").exists()
+    assert h.agent.plan.pods == ()

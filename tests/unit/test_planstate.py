@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from headroom.nodeagent.planstate import StateStore
 
 PLAN = {
@@ -61,3 +62,71 @@ def test_corrupt_file_is_moved_aside_and_ignored(tmp_path: Path) -> None:
 def test_unknown_format_version_is_ignored(tmp_path: Path) -> None:
     (tmp_path / "originals.json").write_text(json.dumps({"version": 99, "originals": {"u": 1}}))
     assert StateStore(tmp_path).load_originals() == {}
+
+
+# -- damaged or hostile files: set aside, never raised over (issue 13 item 3) -------------
+
+def _store(tmp_path: Path) -> tuple[StateStore, list[str]]:
+    counted: list[str] = []
+    return StateStore(tmp_path, on_set_aside=counted.append), counted
+
+
+@pytest.mark.parametrize("text", [
+    "",                                              # empty (a tool truncated it)
+    "\xff\xfe garbage",                              # not UTF-8
+    '{"version": 1, "plan": {"spec"',                # torn
+    "[" * 100_000,                                   # nesting beyond the parser
+    '{"version": true, "plan": {"spec": {}}}',       # a bool is not the version
+    '{"version": 1.0, "plan": {"spec": {}}}',
+    '{"version": "1", "plan": {"spec": {}}}',
+    '{"version": 2, "plan": {"spec": {}}}',          # a newer agent's, after a downgrade
+    '[1, 2]',
+    '{"version": 1}',                                # no plan
+    '{"version": 1, "plan": null}',
+    '{"version": 1, "plan": "x"}',
+    '{"version": 1, "plan": {"spec": []}}',
+    '{"version": 1, "plan": {"spec": {}, "metadata": 7}}',
+], ids=lambda t: t[:24])
+def test_bad_plan_file_is_set_aside_and_counted(tmp_path: Path, text: str) -> None:
+    (tmp_path / "plan.json").write_bytes(text.encode("utf-8", "surrogateescape")
+                                         if not text.startswith("\xff")
+                                         else b"\xff\xfe garbage")
+    store, counted = _store(tmp_path)
+    assert store.load_plan() is None
+    assert counted == ["plan.json"]
+    assert (tmp_path / "plan.json.corrupt").exists()
+    assert not (tmp_path / "plan.json").exists()
+    assert store.load_plan() is None and counted == ["plan.json"]   # once, not every load
+
+
+def test_unreadable_plan_path_is_set_aside(tmp_path: Path) -> None:
+    (tmp_path / "plan.json").mkdir()                 # EISDIR on read
+    store, counted = _store(tmp_path)
+    assert store.load_plan() is None
+    assert counted == ["plan.json"] and (tmp_path / "plan.json.corrupt").is_dir()
+    store.save_plan(PLAN)                            # and the agent can save again
+    assert store.load_plan() is not None
+
+
+def test_bad_originals_are_dropped_one_by_one_and_the_file_kept(tmp_path: Path) -> None:
+    good = {"u-max": None, "u-1g": 1 << 30, "u-zero": 0}
+    bad = {"u-float": 1.9, "u-true": True, "u-neg": -1, "u-wrap": 2**64 + 8192,
+           "u-big": 1e308, "u-str": "268435456", "u-odd": 4097, "u-list": [1]}
+    (tmp_path / "originals.json").write_text(json.dumps(
+        {"version": 1, "originals": {**good, **bad}}))
+    store, counted = _store(tmp_path)
+    assert store.load_originals() == good
+    assert counted == ["originals.json"]
+    kept = json.loads((tmp_path / "originals.json.corrupt").read_text())
+    assert set(kept["originals"]) == set(good) | set(bad)     # for diagnosis
+    assert StateStore(tmp_path).load_originals() == good      # the valid ones re-saved
+
+
+@pytest.mark.parametrize("text", ['{"version": 1, "originals": [1]}',
+                                  '{"version": 1, "originals": "x"}', "{{{"])
+def test_originals_of_the_wrong_shape_are_set_aside(tmp_path: Path, text: str) -> None:
+    (tmp_path / "originals.json").write_text(text)
+    store, counted = _store(tmp_path)
+    assert store.load_originals() == {}
+    assert counted == ["originals.json"]
+    assert (tmp_path / "originals.json.corrupt").exists()

@@ -104,6 +104,9 @@ class AgentMetrics:
                                      ["result"], registry=self.registry)
         self.events = Counter("headroom_events", "Kubernetes Events posted, by reason.",
                               ["reason"], registry=self.registry)
+        self.state_files_set_aside = Counter(
+            "headroom_state_files_set_aside", "Saved state files found unreadable or "
+            "malformed and moved aside, by file.", ["file"], registry=self.registry)
         self.plan_watch_connected = Gauge("headroom_plan_watch_connected",
                                           "1 while the plan watch is connected.",
                                           registry=self.registry)

@@ -30,12 +30,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from headroom import __version__
+from headroom.api.plan import (
+    ENTRY_BOUNDS,
+    INT64_MAX,
+    MAX_NAME_LENGTH,
+    MAX_NAMESPACE_LENGTH,
+    MAX_UID_LENGTH,
+    PlanReclaim,
+    Problem,
+    validate_spec,
+)
 from headroom.cgroup import CgroupError, CgroupRoot
 from headroom.engine.engine import ReclaimEngine, ReclaimSettings, Target
 from headroom.engine.metrics import AgentMetrics
 from headroom.logs import event, setup
 from headroom.nodeagent.events import EventRecorder, PodRef, find_incidents, kubernetes_poster
-from headroom.nodeagent.planstate import StateStore
+from headroom.nodeagent.planstate import PLAN_FILE, StateStore
 from headroom.nodeagent.planwatch import GROUP, PLURAL, VERSION, PlanWatcher, plan_identity
 from headroom.nodeagent.podcgroups import PodCgroupError, PodCgroupResolver, make_resolver
 from headroom.nodeagent.status import PodEntry, PodProblem, StatusSchedule, build_status, rfc3339
@@ -48,19 +58,6 @@ TICK_SECONDS = 2.0
 # Pods the engine could not take over (an error on their cgroup files) are handed to it
 # again at most this often; pods whose directory is missing are looked for every tick.
 RETRY_SECONDS = 30.0
-
-# Plan reclaim keys -> ReclaimSettings fields.
-_SETTINGS_KEYS = {
-    "mode": "mode",
-    "headroomPercent": "headroom_percent",
-    "targetPercent": "target_percent",
-    "stepBytes": "step_bytes",
-    "maxBytesPerSecond": "max_bytes_per_second",
-    "swappiness": "swappiness",
-    "pressureTargetPercent": "pressure_target_percent",
-}
-_INT_FIELDS = {"step_bytes", "max_bytes_per_second", "swappiness"}
-
 
 @dataclass(frozen=True)
 class PlanPod:
@@ -86,71 +83,115 @@ class Plan:
 EMPTY_PLAN = Plan("", None, None, (), {}, ())
 
 
-def reclaim_settings(raw: Mapping[str, Any]) -> ReclaimSettings:
-    kwargs: dict[str, Any] = {}
-    for key, attr in _SETTINGS_KEYS.items():
-        value = raw.get(key)
-        if value is None:
-            continue
-        if attr == "mode":
-            kwargs[attr] = str(value)
-        elif attr in _INT_FIELDS:
-            kwargs[attr] = int(value)
-        else:
-            kwargs[attr] = float(value)
-    settings = ReclaimSettings(**kwargs)
+def reclaim_settings(rec: PlanReclaim) -> ReclaimSettings:
+    """The contract's checked reclaim block -> the engine's settings; the engine's own
+    check runs too (raises ValueError), so nothing it would refuse reaches it."""
+    settings = ReclaimSettings(
+        mode=rec.mode, headroom_percent=float(rec.headroom_percent),
+        target_percent=float(rec.target_percent), step_bytes=rec.step_bytes,
+        max_bytes_per_second=rec.max_bytes_per_second, swappiness=rec.swappiness,
+        pressure_target_percent=float(rec.pressure_target_percent))
     problems = settings.problems()
     if problems:
         raise ValueError("; ".join(f"{f} {m}" for f, m in problems))
     return settings
 
 
+# What a refused entry shows in the status (uid, namespace, name) is cut to these
+# lengths: the status is written back to the API server and must stay small.
+_SHOWN_LENGTHS = {"uid": MAX_UID_LENGTH, "namespace": MAX_NAMESPACE_LENGTH,
+                  "name": MAX_NAME_LENGTH}
+# Fields of an entry the contract knows; others (a newer operator's, during an upgrade)
+# are ignored here rather than spoiling the entry: they are not used.
+_KNOWN_ENTRY_FIELDS = frozenset(k.split(".")[0] for k in ENTRY_BOUNDS)
+_KNOWN_SUBFIELDS = {parent: frozenset(k.split(".")[1] for k in ENTRY_BOUNDS
+                                      if k.startswith(parent + "."))
+                    for parent in ("policy", "reclaim")}
+
+
+def _shown(raw: Any, key: str, default: str = "") -> str:
+    v = raw.get(key) if isinstance(raw, Mapping) else None
+    if not isinstance(v, str):
+        return default
+    return v[:_SHOWN_LENGTHS[key]]
+
+
+def _known_fields(raw: Any) -> Any:
+    """The entry without fields the contract does not know (nested ones too)."""
+    if not isinstance(raw, Mapping):
+        return raw
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k not in _KNOWN_ENTRY_FIELDS:
+            continue
+        if k in _KNOWN_SUBFIELDS and isinstance(v, Mapping):
+            v = {sk: sv for sk, sv in v.items() if sk in _KNOWN_SUBFIELDS[k]}
+        out[k] = v
+    return out
+
+
+def _generation(meta: Any) -> int | None:
+    g = meta.get("generation") if isinstance(meta, Mapping) else None
+    return g if isinstance(g, int) and not isinstance(g, bool) and 0 <= g <= INT64_MAX \
+        else None
+
+
 def parse_plan(obj: Mapping[str, Any] | None) -> Plan:
-    """The NodeReclaimPlan object (or the saved essentials) as the agent uses it. A bad
-    entry spoils only itself: it is reported as InvalidSpec, the others are enforced."""
-    if not obj:
+    """The NodeReclaimPlan object (or the saved essentials) as the agent uses it. Never
+    raises. Every entry is checked against the plan contract (headroom.api.plan: typed,
+    nothing coerced, bounded); a bad entry spoils only itself: it is reported as
+    InvalidSpec with the contract's reasons, the others are enforced."""
+    if not obj or not isinstance(obj, Mapping):
         return EMPTY_PLAN
-    spec = obj.get("spec") or {}
+    spec = obj.get("spec")
+    raw_pods = spec.get("pods") if isinstance(spec, Mapping) else None
+    if isinstance(raw_pods, list):
+        pods_in = [_known_fields(p) for p in raw_pods]
+        check = validate_spec({**spec, "pods": pods_in})
+    else:
+        pods_in = []
+        check = validate_spec(spec if spec is not None else {})
+    for problem in check.problems:
+        event(log, "plan_field_invalid", logging.WARNING, field=f"spec.{problem.path}",
+              error=problem.message)
     pods: list[PlanPod] = []
     invalid: dict[str, PodProblem] = {}
-    entries: list[PodEntry] = []
-    seen: set[str] = set()
-    for i, raw in enumerate(spec.get("pods") or []):
-        uid = str((raw or {}).get("uid") or f"<entry {i}>")
-        if uid not in seen:
-            entries.append(PodEntry(uid, str((raw or {}).get("namespace", "")),
-                                    str((raw or {}).get("name", ""))))
-        try:
-            if uid in seen:
-                raise ValueError("duplicate uid")
-            pod = PlanPod(
-                uid=uid,
-                namespace=str(raw.get("namespace", "")),
-                name=str(raw.get("name", "")),
-                qos_class=str(raw["qosClass"]),
-                memory_high=int(raw["memoryHigh"]),
-                dry_run=bool(raw.get("dryRun", False)),
-                settings=reclaim_settings(raw.get("reclaim") or {}),
-            )
-            if pod.memory_high <= 0:
-                raise ValueError("memoryHigh must be positive")
-        except (KeyError, TypeError, ValueError) as e:
-            invalid[uid] = PodProblem("InvalidSpec", f"plan entry unusable: {e!s}")
+    entries: dict[str, PodEntry] = {}
+    good_at = dict(check.entries)
+    bad_at = dict(check.invalid)
+    for i, raw in enumerate(pods_in):
+        uid = _shown(raw, "uid") or f"<entry {i}>"
+        entry = good_at.get(i)
+        if entry is not None:
+            try:
+                settings = reclaim_settings(entry.reclaim)
+            except ValueError as e:
+                bad_at[i] = (Problem("reclaim", str(e)),)
+            else:
+                pods.append(PlanPod(uid=entry.uid, namespace=entry.namespace, name=entry.name,
+                                    qos_class=entry.qos_class, memory_high=entry.memory_high,
+                                    dry_run=entry.dry_run, settings=settings))
+                entries[uid] = PodEntry(entry.uid, entry.namespace, entry.name)
+                invalid.pop(uid, None)   # a duplicate before it was refused
+                continue
+        if uid in entries:
+            # a second entry for a pod already planned: it is refused (and logged), the
+            # first one stays in force and in the status
+            event(log, "plan_entry_invalid", logging.WARNING, uid=uid, index=i,
+                  error="; ".join(str(p) for p in bad_at.get(i, ())))
             continue
-        seen.add(uid)
-        pods.append(pod)
-    try:
-        budget = float(spec.get("cpuBudgetCores") or 0) or None
-    except (TypeError, ValueError):
-        budget = None
-    meta = obj.get("metadata") or {}
+        entries.setdefault(uid, PodEntry(uid, _shown(raw, "namespace"), _shown(raw, "name")))
+        reasons = "; ".join(str(p) for p in bad_at.get(i, ())) or "unusable"
+        invalid[uid] = PodProblem("InvalidSpec", f"plan entry refused: {reasons}")
+    meta = obj.get("metadata")
+    budget = check.cpu_budget_cores
     return Plan(
         identity=plan_identity(obj),
-        generation=meta.get("generation"),
+        generation=_generation(meta),
         cpu_budget_cores=budget if budget and budget > 0 else None,
         pods=tuple(pods),
         invalid=invalid,
-        entries=tuple(entries),
+        entries=tuple(entries.values()),
     )
 
 
@@ -209,14 +250,24 @@ class ClusterAgent:
     # -- plan intake ----------------------------------------------------------------
 
     def start(self) -> None:
-        """Before the API answers: enforce what the last run left on disk."""
+        """Before the API answers: enforce what the last run left on disk. Never raises
+        over the agent's own files (a crash loop would follow): a bad file is set aside
+        by the store, a saved plan that cannot be applied is set aside here, and the
+        agent waits for the API server's plan."""
         self.saved_originals = self.store.load_originals()
         self.engine.load_originals(self.saved_originals)
         saved = self.store.load_plan()
-        if saved is not None:
-            event(log, "saved_plan_loaded", pods=len((saved.get("spec") or {}).get("pods") or []),
-                  originals=len(self.saved_originals))
+        if saved is None:
+            return
+        pods = (saved.get("spec") or {}).get("pods")
+        event(log, "saved_plan_loaded", pods=len(pods) if isinstance(pods, list) else 0,
+              originals=len(self.saved_originals))
+        try:
             self._take(saved, save=False)
+        except Exception as e:   # a bug, not bad data (parse_plan refuses that per entry)
+            event(log, "saved_plan_unusable", logging.ERROR, exc_info=True)
+            self.store.set_aside(PLAN_FILE, f"applying it failed: {e!r}")
+            self.plan = EMPTY_PLAN
 
     def set_plan(self, obj: Mapping[str, Any] | None) -> None:
         """A plan from the API (None: there is none, or it was deleted)."""
@@ -227,7 +278,8 @@ class ClusterAgent:
         if plan.identity != self.plan.identity:
             self.schedule.forget()
         self.plan = plan
-        self.plan_exists = bool(obj) and bool(obj.get("metadata", {}).get("name"))
+        meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+        self.plan_exists = isinstance(meta, Mapping) and bool(meta.get("name"))
         self.labels = {p.uid: {"namespace": p.namespace, "pod": p.name} for p in plan.pods}
         for uid, problem in plan.invalid.items():
             event(log, "plan_entry_invalid", logging.WARNING, uid=uid, error=problem.message)
@@ -423,9 +475,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     engine = ReclaimEngine(root, cpu_budget_cores=args.cpu_budget, dry_run=args.dry_run)
     metrics = AgentMetrics()
+    store = StateStore(args.state_dir,
+                       on_set_aside=lambda f: metrics.state_files_set_aside.labels(file=f).inc())
     agent = ClusterAgent(
         engine=engine, root=root, resolver=resolver,
-        store=StateStore(args.state_dir), node=node, default_cpu_budget=args.cpu_budget,
+        store=store, node=node, default_cpu_budget=args.cpu_budget,
         dry_run=args.dry_run, write_status=_status_writer(custom, node),
         events=EventRecorder(kubernetes_poster(core), node,
                              on_posted=lambda r: metrics.events.labels(reason=r).inc()),

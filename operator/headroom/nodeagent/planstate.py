@@ -9,6 +9,14 @@ torn file.
 * ``plan.json``: ``{"version": 1, "plan": {"metadata": {...}, "spec": {...}}}``
 * ``originals.json``: ``{"version": 1, "originals": {"<pod uid>": <bytes> | null}}``
   (null = ``max``)
+
+Nothing read back is trusted: a file that cannot be read or parsed, has another format
+version or the wrong shape is moved aside to ``<name>.corrupt`` (kept for a person to
+look at; one log line, and ``on_set_aside`` counts it in a metric) and the agent starts
+as if it were absent: from the API server's plan. An original that is not ``null`` or a
+page-aligned byte count within int64 is dropped (the file moved aside the same way, the
+valid ones kept). Loading never raises: an agent that exits on its own files would
+crash-loop on them until someone deletes them by hand.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,9 @@ from headroom.logs import event
 FORMAT_VERSION = 1
 PLAN_FILE = "plan.json"
 ORIGINALS_FILE = "originals.json"
+SET_ASIDE_SUFFIX = ".corrupt"
+PAGE_SIZE = 4096
+INT64_MAX = 2**63 - 1
 
 log = logging.getLogger("headroom.planstate")
 
@@ -61,31 +72,70 @@ def plan_essentials(plan: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def valid_original(v: Any) -> bool:
+    """An original memory.high as saved: None ("max") or bytes as the kernel reads them
+    back (page aligned, within int64)."""
+    if v is None:
+        return True
+    return (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= INT64_MAX
+            and v % PAGE_SIZE == 0)
+
+
 class StateStore:
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path,
+                 on_set_aside: Callable[[str], Any] | None = None) -> None:
         self.dir = Path(directory)
+        self.on_set_aside = on_set_aside   # called with the file name (a metric)
+
+    def set_aside(self, name: str, problem: str) -> None:
+        """Keep the bad file for a person to look at; the agent goes on without it."""
+        path = self.dir / name
+        aside = path.with_name(path.name + SET_ASIDE_SUFFIX)
+        try:
+            os.replace(path, aside)
+            moved: str | None = str(aside)
+        except OSError as e:
+            moved = None
+            problem = f"{problem}; could not move it aside: {e.strerror or e}"
+        event(log, "state_file_set_aside", logging.ERROR, path=str(path), error=problem,
+              moved_to=moved)
+        if self.on_set_aside is not None:
+            with contextlib.suppress(Exception):
+                self.on_set_aside(name)
 
     def _load(self, name: str, key: str) -> Any | None:
         path = self.dir / name
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
-            # Keep the bad file for a person to look at; start as if it were absent.
-            event(log, "state_file_unreadable", logging.ERROR, path=str(path), error=str(e),
-                  moved_to=str(path) + ".corrupt")
-            with contextlib.suppress(OSError):
-                os.replace(path, path.with_name(path.name + ".corrupt"))
+        except (OSError, ValueError, RecursionError) as e:
+            # unreadable (a directory, no permission, EIO) or not JSON (a torn write by
+            # some other tool, garbage, nesting beyond the parser's limit)
+            self.set_aside(name, f"unreadable: {getattr(e, 'strerror', None) or e}")
             return None
-        if not isinstance(raw, dict) or raw.get("version") != FORMAT_VERSION:
-            event(log, "state_file_unknown_format", logging.ERROR, path=str(path))
+        if not isinstance(raw, dict) or type(raw.get("version")) is not int \
+                or raw["version"] != FORMAT_VERSION:
+            version = raw.get("version") if isinstance(raw, dict) else None
+            self.set_aside(name, f"unknown format (version {version!r}, expected "
+                                  f"{FORMAT_VERSION})")
             return None
-        return raw.get(key)
+        if raw.get(key) is None:
+            self.set_aside(name, f"no {key!r} in the file")
+            return None
+        return raw[key]
 
     def load_plan(self) -> dict[str, Any] | None:
+        """The saved plan essentials, or None. Entries are not checked here: the agent
+        checks each one as it checks the API's (a bad entry spoils only itself)."""
         plan = self._load(PLAN_FILE, "plan")
-        return plan if isinstance(plan, dict) else None
+        if plan is None:
+            return None
+        if (not isinstance(plan, dict) or not isinstance(plan.get("spec", {}), dict)
+                or not isinstance(plan.get("metadata", {}), dict)):
+            self.set_aside(PLAN_FILE, "plan is not an object with spec and metadata objects")
+            return None
+        return plan
 
     def save_plan(self, plan: Mapping[str, Any] | None) -> None:
         """Save the plan; None (the plan was deleted) saves an empty plan, which is
@@ -95,13 +145,20 @@ class StateStore:
 
     def load_originals(self) -> dict[str, int | None]:
         raw = self._load(ORIGINALS_FILE, "originals")
-        if not isinstance(raw, dict):
+        if raw is None:
             return {}
-        return {
-            str(k): (int(v) if v is not None else None)
-            for k, v in raw.items()
-            if v is None or isinstance(v, int)
-        }
+        if not isinstance(raw, dict):
+            self.set_aside(ORIGINALS_FILE, "originals is not an object")
+            return {}
+        good = {k: v for k, v in raw.items() if valid_original(v)}
+        if len(good) != len(raw):
+            bad = sorted(set(raw) - set(good))
+            self.set_aside(ORIGINALS_FILE, f"{len(bad)} original(s) not null or page-aligned "
+                                            f"bytes within int64: {', '.join(bad[:5])}")
+            with contextlib.suppress(OSError):
+                # the valid ones stay usable; the bad file is kept next to them
+                self.save_originals(good)
+        return good
 
     def save_originals(self, originals: Mapping[str, int | None]) -> None:
         atomic_write_json(

@@ -45,10 +45,12 @@ def backoff_delay(attempt: int, base: float = 0.5, cap: float = 30.0,
 
 def plan_identity(plan: Mapping[str, Any] | None) -> str:
     """What decides whether a plan event is news to the agent: uid and spec."""
-    if plan is None:
+    if not isinstance(plan, Mapping):
         return ""
-    uid = (plan.get("metadata") or {}).get("uid", "")
-    return f"{uid}:{json.dumps(plan.get('spec') or {}, sort_keys=True)}"
+    meta = plan.get("metadata")
+    uid = meta.get("uid", "") if isinstance(meta, Mapping) else ""
+    # default=repr: whatever a plan holds (it is not trusted), this never raises
+    return f"{uid}:{json.dumps(plan.get('spec') or {}, sort_keys=True, default=repr)}"
 
 
 class GoneError(Exception):
