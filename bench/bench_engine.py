@@ -62,7 +62,7 @@ BURST = 36 * MiB   # from 50% of memory.high: past memory.high if nothing reclai
 # ---------------------------------------------------------------- (a) page cache arms
 
 def _reclaimer(arm: str, root: Any, cpu_budget: float | None) -> Any:
-    from headroom.engine.engine import ReclaimEngine
+    from headroom.engine import ReclaimEngine
     from naive_reclaimer import NaiveReclaimer
 
     if arm == "engine":
@@ -199,8 +199,8 @@ def _process_cpu() -> float:
 
 def scale_run(cgroup_root: Path, n: int, trials: int, idle_seconds: float,
               scratch: Path) -> dict[str, Any]:
+    from headroom.engine import ReclaimEngine, ReclaimSettings, Target
     from headroom.engine.decisions import watermark_levels
-    from headroom.engine.engine import ReclaimEngine, ReclaimSettings, Target
 
     guest_support.require_cgroup2(cgroup_root)
     parent = cgroup_root / "hr-bench-scale"
@@ -270,7 +270,7 @@ def native_idle(n: int, seconds: float, high: int) -> dict[str, Any]:
     in a tmp dir, no PSI triggers or events watches), to scale the guest's TCG figures."""
     import tempfile
 
-    from headroom.engine.engine import ReclaimEngine, ReclaimSettings, Target
+    from headroom.engine import ReclaimEngine, ReclaimSettings, Target
 
     sys.path.insert(0, str(CHECKOUT / "tests" / "unit"))
     from fake_cgroup_tree import FakeTree

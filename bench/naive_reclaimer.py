@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from headroom.cgroup import Capabilities, Cgroup, CgroupError, CgroupRoot, PartialReclaim
+from headroom.engine import Target
 from headroom.engine.decisions import watermark_levels
-from headroom.engine.engine import Target
-from headroom.engine.state import APPLIED, TargetStats
+from headroom.engine.targets import APPLIED, TargetStats
 
 
 @dataclass

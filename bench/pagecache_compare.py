@@ -163,7 +163,7 @@ def _cpu(who: int = resource.RUSAGE_SELF) -> float:
 def run_arm(name: str, opts: Options, root: Any, engine: Any = None) -> ArmResult:
     """One run of the workload in a fresh cgroup at memory.high; with `engine` (a
     started ReclaimEngine) managing that cgroup when given."""
-    from headroom.engine.engine import ReclaimSettings, Target
+    from headroom.engine import ReclaimSettings, Target
 
     high = opts.high_mib * MiB
     cg = fresh_cgroup(root, CGROUP_PREFIX + name)
@@ -237,7 +237,7 @@ def run_arm(name: str, opts: Options, root: Any, engine: Any = None) -> ArmResul
 def compare(opts: Options, arms: tuple[str, ...] = ARMS) -> dict[str, Any]:
     """Every arm in order, in this guest; the JSON-ready result document."""
     from headroom.cgroup import CgroupRoot
-    from headroom.engine.engine import ReclaimEngine
+    from headroom.engine import ReclaimEngine
 
     root = CgroupRoot(opts.cgroup_root)   # refuses anything but a real cgroup2 mount
     if root.fake:

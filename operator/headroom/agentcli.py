@@ -12,6 +12,9 @@ from typing import Any
 from headroom.cliflags import add, boolean, non_negative, port
 from headroom.logs import LOG_FORMATS, LOG_LEVELS
 
+CLUSTER_STATE_DIR = "/var/lib/headroom"
+STANDALONE_STATE_DIR = "/var/lib/headroom/standalone"
+
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -31,8 +34,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add(p, "--kubeconfig", env="HEADROOM_KUBECONFIG", default=None, metavar="FILE",
         help="cluster mode: kubeconfig file; unset: in-cluster credentials, else $KUBECONFIG "
              "or ~/.kube/config")
-    add(p, "--state-dir", env="HEADROOM_STATE_DIR", default="/var/lib/headroom", metavar="DIR",
-        help="cluster mode: where the last plan and found memory.high values are kept")
+    add(p, "--state-dir", env="HEADROOM_STATE_DIR", default=None, metavar="DIR",
+        help="where the original memory.high values (both modes) and the last plan (cluster "
+             "mode) are kept, on disk before the first write to a cgroup; unset: "
+             f"{CLUSTER_STATE_DIR}, standalone {STANDALONE_STATE_DIR}")
     add(p, "--cgroup-driver", env="HEADROOM_CGROUP_DRIVER", default="auto",
         choices=["auto", "systemd", "cgroupfs"], lower=True, help="kubelet cgroup driver")
     add(p, "--kubelet-cgroup-root", env="HEADROOM_KUBELET_CGROUP_ROOT", default="auto",

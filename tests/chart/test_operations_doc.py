@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 from headroom.cgroup import Capabilities
+from headroom.engine import TargetStats
 from headroom.engine.metrics import AgentMetrics, TargetSample
-from headroom.engine.state import TargetStats
 
 ROOT = Path(__file__).resolve().parents[2]
 

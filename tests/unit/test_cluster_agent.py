@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from fake_kubepods import DEFAULT_ROOT, KIND_ROOT, make_kubepods, make_pod, parents, pod_rel
-from headroom.engine.engine import ReclaimEngine
+from headroom.engine import ReclaimEngine, originals
 from headroom.engine.metrics import AgentMetrics
 from headroom.nodeagent.agent import ClusterAgent, parse_plan
 from headroom.nodeagent.events import EventRecorder
@@ -42,6 +42,11 @@ def plan(*pods: dict, generation: int = 1, budget: float | None = None) -> dict:
             "spec": spec}
 
 
+def saved_originals(state: Path) -> dict[str, int | None]:
+    """What the engine keeps on disk, as the next agent process will read it."""
+    return {k: v.original for k, v in originals.read(state / originals.FILE).items()}
+
+
 class Clock:
     def __init__(self) -> None:
         self.t = 1000.0
@@ -58,9 +63,11 @@ class Harness:
         self.clock = Clock()
         self.statuses: list[dict] = []
         self.events: list[dict] = []
-        self.engine = ReclaimEngine(kernel, cpu_budget_cores=0.5, dry_run=dry_run, workers=0,
-                                    clock=self.clock)
         self.metrics = AgentMetrics()
+        # as run() wires it: a state file set aside (by the engine or the store) is counted
+        self.engine = ReclaimEngine(kernel, cpu_budget_cores=0.5, dry_run=dry_run, workers=0,
+                                    clock=self.clock, state_dir=state,
+                                    on_state_set_aside=self.count_set_aside)
         self.agent = ClusterAgent(
             engine=self.engine, root=kernel, resolver=make_resolver(kernel.path, driver),
             store=StateStore(state), node="node-1", default_cpu_budget=0.5, dry_run=dry_run,
@@ -69,6 +76,9 @@ class Harness:
                                  clock=self.clock),
             metrics=self.metrics,
             schedule=StatusSchedule(30, 300, rand=lambda: 0.0), clock=self.clock)
+
+    def count_set_aside(self, name: str) -> None:
+        self.metrics.state_files_set_aside.labels(file=name).inc()
 
     def advance(self, seconds: float) -> None:
         """Time passes: the engine runs its due checks, then the agent ticks."""
@@ -110,7 +120,7 @@ def test_plan_sets_memory_high_in_pod_dirs_only(fake_kernel: FakeKernel, cgroup_
     assert status["cgroupDriver"] == driver.value
     assert (status["plannedPods"], status["appliedPods"]) == (3, 3)
     assert {p["reason"] for p in status["pods"]} == {"Applied"}
-    assert StateStore(state).load_originals() == {A: None, B: None, C: None}
+    assert saved_originals(state) == {A: None, B: None, C: None}
 
 
 def test_missing_cgroup_is_reported_then_applied_when_it_appears(
@@ -163,10 +173,10 @@ def test_pod_leaving_the_plan_gets_its_original_back(fake_kernel: FakeKernel,
     assert cgroup_tree.high(pod_rel(Driver.SYSTEMD, A, "Burstable")) == str(256 * MiB)
     h.agent.set_plan(plan(pod(B), generation=2))
     assert cgroup_tree.high(pod_rel(Driver.SYSTEMD, A, "Burstable")) == str(1 << 30)
-    assert StateStore(state).load_originals() == {B: None}
+    assert saved_originals(state) == {B: None}
     h.agent.set_plan(None)   # plan deleted: everything back
     assert cgroup_tree.high(pod_rel(Driver.SYSTEMD, B, "Burstable")) == "max"
-    assert StateStore(state).load_originals() == {}
+    assert saved_originals(state) == {}
 
 
 def test_restart_without_api_enforces_saved_plan_and_reconciles_later(
@@ -189,7 +199,7 @@ def test_restart_without_api_enforces_saved_plan_and_reconciles_later(
     # A gets the value found by the *first* run, not the agent's own 256Mi
     assert cgroup_tree.high(pod_rel(Driver.CGROUPFS, A, "Burstable")) == str(2 << 30)
     assert cgroup_tree.high(pod_rel(Driver.CGROUPFS, C, "Burstable")) == str(256 * MiB)
-    assert StateStore(state).load_originals() == {B: None, C: None}
+    assert saved_originals(state) == {B: None, C: None}
 
 
 def test_clean_shutdown_restores_everything(fake_kernel: FakeKernel, cgroup_tree: FakeTree,
@@ -200,7 +210,7 @@ def test_clean_shutdown_restores_everything(fake_kernel: FakeKernel, cgroup_tree
     h.agent.set_plan(plan(pod(A, "Guaranteed")))
     h.agent.shutdown(restore=True)
     assert cgroup_tree.high(pod_rel(Driver.SYSTEMD, A, "Guaranteed")) == str(3 << 30)
-    assert StateStore(state).load_originals() == {}
+    assert saved_originals(state) == {}
     assert StateStore(state).load_plan() is not None   # the next start re-applies it
 
 
@@ -233,7 +243,7 @@ def test_pod_above_its_new_memory_high_is_lowering_then_applied(
     assert cgroup_tree.high(rel) == "max"
     st = h.pod_status(A)
     assert (st["applied"], st["reason"], st["memoryHigh"]) == (False, "Lowering", 256 * MiB)
-    assert StateStore(state).load_originals() == {A: None}   # saved before any write
+    assert saved_originals(state) == {A: None}   # saved before any write
     for _ in range(100):
         h.advance(0.02)
     assert cgroup_tree.high(rel) == str(256 * MiB)
@@ -465,7 +475,7 @@ def test_corrupt_saved_state_is_set_aside_counted_and_the_api_plan_wins(
     assert (state / "plan.json.corrupt").exists() and (state / "originals.json.corrupt").exists()
     h.agent.set_plan(plan(pod(A)))                   # the API server answers
     assert cgroup_tree.high(pod_rel(Driver.CGROUPFS, A, "Burstable")) == str(256 * MiB)
-    assert StateStore(state).load_originals() == {A: None}
+    assert saved_originals(state) == {A: None}
 
 
 def test_saved_plan_that_fails_to_apply_is_set_aside_not_raised(

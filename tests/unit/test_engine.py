@@ -3,14 +3,15 @@ writes inline); one threaded smoke test at the end."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 import pytest
 from headroom.cgroup import Cgroup
+from headroom.engine import ReclaimEngine, ReclaimSettings, Target
 from headroom.engine import engine as engine_mod
 from headroom.engine.decisions import PAGE_SIZE as PAGE
-from headroom.engine.engine import ReclaimEngine, ReclaimSettings, Target
 
 MiB = 1 << 20
 HIGH = 256 * MiB
@@ -130,14 +131,18 @@ def test_stop_without_restore_keeps_memory_high(sim, fake_kernel):
     assert fake_kernel.tree.high("a") == str(HIGH)
 
 
-def test_loaded_originals_win_over_what_is_found(fake_kernel):
+def test_saved_originals_win_over_what_is_found(fake_kernel, tmp_path):
     fake_kernel.tree.add("a", high=HIGH)  # our own write from an earlier run
-    sim = Sim(fake_kernel)
-    sim.engine.load_originals({"a": None, "gone-pod": 5 * MiB})
-    sim.engine.set_targets([sim.target("a", high=128 * MiB)])
+    # saved by an earlier agent version (format 1: no path, no record of our writes)
+    (tmp_path / "originals.json").write_text(
+        json.dumps({"version": 1, "originals": {"a": None, "gone-pod": 5 * MiB}}))
+    sim = Sim(fake_kernel, state_dir=tmp_path)
     assert sim.engine.originals() == {"a": None, "gone-pod": 5 * MiB}
+    sim.engine.set_targets([sim.target("a", high=128 * MiB)])
+    assert sim.engine.originals() == {"a": None}   # the key not taken over is dropped
     sim.engine.stop(restore=True)
     assert fake_kernel.tree.high("a") == "max"
+    assert sim.engine.originals() == {}
 
 
 def test_update_memory_high_keeps_original_and_none_restores(sim, fake_kernel):

@@ -21,19 +21,16 @@ PLAN = {
 def test_fresh_directory_has_no_state(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state")
     assert store.load_plan() is None
-    assert store.load_originals() == {}
 
 
-def test_plan_and_originals_survive_a_restart(tmp_path: Path) -> None:
+def test_plan_survives_a_restart(tmp_path: Path) -> None:
     StateStore(tmp_path).save_plan(PLAN)
-    StateStore(tmp_path).save_originals({"u1": None, "u2": 1 << 30})
     again = StateStore(tmp_path)  # a new process reading the same directory
     plan = again.load_plan()
     assert plan == {
         "metadata": {"name": "node-1", "generation": 3, "resourceVersion": "42"},
         "spec": PLAN["spec"],
     }
-    assert again.load_originals() == {"u1": None, "u2": 1 << 30}
 
 
 def test_deleted_plan_is_saved_as_an_empty_plan(tmp_path: Path) -> None:
@@ -45,10 +42,9 @@ def test_deleted_plan_is_saved_as_an_empty_plan(tmp_path: Path) -> None:
 
 def test_writes_leave_no_temporary_files(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
-    for i in range(5):
-        store.save_originals({"u": i})
+    for _ in range(5):
         store.save_plan(PLAN)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["originals.json", "plan.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
 
 
 def test_corrupt_file_is_moved_aside_and_ignored(tmp_path: Path) -> None:
@@ -60,8 +56,8 @@ def test_corrupt_file_is_moved_aside_and_ignored(tmp_path: Path) -> None:
 
 
 def test_unknown_format_version_is_ignored(tmp_path: Path) -> None:
-    (tmp_path / "originals.json").write_text(json.dumps({"version": 99, "originals": {"u": 1}}))
-    assert StateStore(tmp_path).load_originals() == {}
+    (tmp_path / "plan.json").write_text(json.dumps({"version": 99, "plan": {"spec": {}}}))
+    assert StateStore(tmp_path).load_plan() is None
 
 
 # -- damaged or hostile files: set aside, never raised over (issue 13 item 3) -------------
@@ -106,27 +102,3 @@ def test_unreadable_plan_path_is_set_aside(tmp_path: Path) -> None:
     assert counted == ["plan.json"] and (tmp_path / "plan.json.corrupt").is_dir()
     store.save_plan(PLAN)                            # and the agent can save again
     assert store.load_plan() is not None
-
-
-def test_bad_originals_are_dropped_one_by_one_and_the_file_kept(tmp_path: Path) -> None:
-    good = {"u-max": None, "u-1g": 1 << 30, "u-zero": 0}
-    bad = {"u-float": 1.9, "u-true": True, "u-neg": -1, "u-wrap": 2**64 + 8192,
-           "u-big": 1e308, "u-str": "268435456", "u-odd": 4097, "u-list": [1]}
-    (tmp_path / "originals.json").write_text(json.dumps(
-        {"version": 1, "originals": {**good, **bad}}))
-    store, counted = _store(tmp_path)
-    assert store.load_originals() == good
-    assert counted == ["originals.json"]
-    kept = json.loads((tmp_path / "originals.json.corrupt").read_text())
-    assert set(kept["originals"]) == set(good) | set(bad)     # for diagnosis
-    assert StateStore(tmp_path).load_originals() == good      # the valid ones re-saved
-
-
-@pytest.mark.parametrize("text", ['{"version": 1, "originals": [1]}',
-                                  '{"version": 1, "originals": "x"}', "{{{"])
-def test_originals_of_the_wrong_shape_are_set_aside(tmp_path: Path, text: str) -> None:
-    (tmp_path / "originals.json").write_text(text)
-    store, counted = _store(tmp_path)
-    assert store.load_originals() == {}
-    assert counted == ["originals.json"]
-    assert (tmp_path / "originals.json.corrupt").exists()

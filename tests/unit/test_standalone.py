@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -40,10 +41,11 @@ cgroups:
 """
 
 
-def args_for(config, root, dry_run=False):
+def args_for(config, root, dry_run=False, state_dir=None):
     return argparse.Namespace(config=str(config), cgroup_root=str(root), dry_run=dry_run,
                               cpu_budget=0.5, log_level="warning", metrics_port=0,
-                              metrics_address="127.0.0.1")
+                              metrics_address="127.0.0.1",
+                              state_dir=str(state_dir or pathlib.Path(config).parent / "state"))
 
 
 def test_good_config_parses(tmp_path):
@@ -175,7 +177,8 @@ def start_agent(config, root, *extra, stderr=subprocess.PIPE):
     env = dict(os.environ, **{ALLOW_FAKE_ENV: "1"})
     return subprocess.Popen(
         [sys.executable, "-m", "headroom.cli", "agent", "--standalone", "--config", str(config),
-         "--cgroup-root", str(root), "--metrics-address", "127.0.0.1", *extra],
+         "--cgroup-root", str(root), "--metrics-address", "127.0.0.1",
+         "--state-dir", str(pathlib.Path(config).parent / "state"), *extra],
         env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
@@ -240,3 +243,49 @@ def test_shipped_example_is_valid():
     assert [e.glob for e in cfg.entries] == ["workload.slice/*.service", "batch.slice/*",
                                              "system.slice/*.service"]
     assert cfg.cpu_budget == 0.5
+
+
+def test_cli_sigkilled_three_times_still_restores_the_owners_value(tmp_path, cgroup_tree):
+    """Issue 13 item 6 on the fake tree: the owner's 300Mi survives SIGKILLs of the agent
+    holding 256Mi; only the clean stop puts it back."""
+    cgroup_tree.add("app.slice/a.service", current=10 * MiB)
+    cgroup_tree.write("app.slice/a.service", "memory.high", f"{300 * MiB}\n")
+    p = tmp_path / "c.yaml"
+    p.write_text(GOOD)
+    applied = str(256 * MiB)
+    for _ in range(3):
+        proc = start_agent(p, cgroup_tree.root, "--metrics-port", "0",
+                           stderr=subprocess.DEVNULL)
+        try:
+            assert wait_for(lambda: cgroup_tree.high("app.slice/a.service") == applied)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert cgroup_tree.high("app.slice/a.service") == applied   # nothing restored
+    log = tmp_path / "agent.log"
+    with log.open("w") as logf:
+        proc = start_agent(p, cgroup_tree.root, "--metrics-port", "0", stderr=logf)
+        try:   # memory.high is 256Mi already: wait until this run has taken it over
+            assert wait_for(lambda: '"msg": "target_added"' in log.read_text())
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, log.read_text()
+    assert cgroup_tree.high("app.slice/a.service") == str(300 * MiB)
+
+
+def test_unusable_state_dir_exits_2_and_writes_nothing(tmp_path, cgroup_tree, capsys,
+                                                      monkeypatch):
+    monkeypatch.setenv(ALLOW_FAKE_ENV, "1")
+    cgroup_tree.add("app.slice/a.service", current=10 * MiB)
+    before = cgroup_tree.contents()
+    p = tmp_path / "c.yaml"
+    p.write_text(GOOD)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert standalone.run(args_for(p, cgroup_tree.root, state_dir=blocker / "state")) == 2
+    assert "state dir" in capsys.readouterr().err
+    assert cgroup_tree.contents() == before

@@ -9,11 +9,11 @@ Events. The API server is needed only to learn plan changes and to report: the l
 is kept in the state directory and enforced on start, before the API answers.
 
 Restore rules: a pod leaving the plan gets the memory.high the agent found before its
-first write (kept on disk, so this also holds for pods that left while the agent was
-down). A clean shutdown (SIGTERM) restores every pod too, so that uninstalling the agent
-leaves no memory.high behind without a reclaimer; the next agent re-applies the saved
-plan at once. After a crash nothing is restored: the next start takes the pods over again
-with the originals saved on disk.
+first write (the engine keeps it in the state directory before that write, so this also
+holds for pods that left while the agent was down). A clean shutdown (SIGTERM) restores
+every pod too, so that uninstalling the agent leaves no memory.high behind without a
+reclaimer; the next agent re-applies the saved plan at once. After a crash nothing is
+restored: the next start takes the pods over again with the originals saved on disk.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from headroom import __version__
+from headroom.agentcli import CLUSTER_STATE_DIR
 from headroom.api.plan import (
     ENTRY_BOUNDS,
     INT64_MAX,
@@ -40,8 +41,8 @@ from headroom.api.plan import (
     Problem,
     validate_spec,
 )
-from headroom.cgroup import CgroupError, CgroupRoot
-from headroom.engine.engine import ReclaimEngine, ReclaimSettings, Target
+from headroom.cgroup import CgroupRoot
+from headroom.engine import ReclaimEngine, ReclaimSettings, Target
 from headroom.engine.metrics import AgentMetrics
 from headroom.logs import event, setup
 from headroom.nodeagent.events import EventRecorder, PodRef, find_incidents, kubernetes_poster
@@ -241,7 +242,6 @@ class ClusterAgent:
         self.problems: dict[str, PodProblem] = {}
         self.targets: list[Target] = []
         self.next_retry = 0.0                # engine-side failures are retried this late
-        self.saved_originals: dict[str, int | None] = {}
         self.prev_snapshot: dict[str, Any] = {}
         self.labels: dict[str, dict[str, str]] = {}
         if metrics is not None:
@@ -254,14 +254,12 @@ class ClusterAgent:
         over the agent's own files (a crash loop would follow): a bad file is set aside
         by the store, a saved plan that cannot be applied is set aside here, and the
         agent waits for the API server's plan."""
-        self.saved_originals = self.store.load_originals()
-        self.engine.load_originals(self.saved_originals)
         saved = self.store.load_plan()
         if saved is None:
             return
         pods = (saved.get("spec") or {}).get("pods")
         event(log, "saved_plan_loaded", pods=len(pods) if isinstance(pods, list) else 0,
-              originals=len(self.saved_originals))
+              originals=len(self.engine.originals()))
         try:
             self._take(saved, save=False)
         except Exception as e:   # a bug, not bad data (parse_plan refuses that per entry)
@@ -325,39 +323,8 @@ class ClusterAgent:
         if not force and targets == self.targets and not retry:
             return
         self.next_retry = now + RETRY_SECONDS
-        self._record_originals(targets)
         self.engine.set_targets(targets)
         self.targets = targets
-        self._save_originals()
-
-    def _record_originals(self, targets: list[Target]) -> None:
-        """Read and save memory.high of pods about to be taken over for the first time,
-        before the engine writes: a crash right after the engine's write must not make
-        the agent's own value look like the original on the next start."""
-        if self.dry_run:
-            return
-        known = self.engine.originals()
-        new: dict[str, int | None] = {}
-        for t in targets:
-            if t.key in known or t.dry_run or t.memory_high is None:
-                continue
-            try:
-                new[t.key] = self.root.cgroup(t.path).read_high()
-            except CgroupError:
-                continue   # the engine will find the same problem and report it
-        if new:
-            self.engine.load_originals(new)
-            self._save_originals()
-
-    def _save_originals(self) -> None:
-        """Persist originals of pods in the plan (others were restored, or are gone)."""
-        if self.dry_run:
-            return
-        planned = {p.uid for p in self.plan.pods}
-        current = {k: v for k, v in self.engine.originals().items() if k in planned}
-        if current != self.saved_originals:
-            self.store.save_originals(current)
-            self.saved_originals = current
 
     # -- periodic work -----------------------------------------------------------------
 
@@ -366,7 +333,6 @@ class ClusterAgent:
         snapshot = self.engine.snapshot()
         self._post_events(snapshot)
         self._maybe_write_status(snapshot)
-        self._save_originals()
 
     def _post_events(self, snapshot: Mapping[str, Any]) -> None:
         pods = {p.uid: PodRef(p.uid, p.namespace, p.name) for p in self.plan.pods}
@@ -412,11 +378,7 @@ class ClusterAgent:
             self.metrics.status_writes.labels(result="ok" if ok else "error").inc()
 
     def shutdown(self, restore: bool = True) -> None:
-        self.engine.stop(restore=restore)
-        if restore and not self.dry_run:
-            # Everything was put back: nothing left to restore on the next start.
-            self.store.save_originals({})
-            self.saved_originals = {}
+        self.engine.stop(restore=restore)   # restored originals leave the state dir too
 
 
 def _describe(e: BaseException) -> str:
@@ -473,10 +435,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         event(log, "config_error", logging.ERROR, error=str(e))
         return 2
-    engine = ReclaimEngine(root, cpu_budget_cores=args.cpu_budget, dry_run=args.dry_run)
+    state_dir = args.state_dir or CLUSTER_STATE_DIR
     metrics = AgentMetrics()
-    store = StateStore(args.state_dir,
-                       on_set_aside=lambda f: metrics.state_files_set_aside.labels(file=f).inc())
+
+    def set_aside(name: str) -> None:
+        metrics.state_files_set_aside.labels(file=name).inc()
+
+    engine = ReclaimEngine(root, cpu_budget_cores=args.cpu_budget, dry_run=args.dry_run,
+                           state_dir=state_dir, on_state_set_aside=set_aside)
+    store = StateStore(state_dir, on_set_aside=set_aside)
     agent = ClusterAgent(
         engine=engine, root=root, resolver=resolver,
         store=store, node=node, default_cpu_budget=args.cpu_budget,
@@ -498,7 +465,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     event(log, "agent_starting", node=node, cgroup_root=str(root.path),
           cgroup_driver=args.cgroup_driver, kubelet_cgroup_root=args.kubelet_cgroup_root,
-          state_dir=str(args.state_dir), dry_run=args.dry_run, version=__version__,
+          state_dir=str(state_dir), dry_run=args.dry_run, version=__version__,
           pid=os.getpid())
     engine.start()
     agent.start()

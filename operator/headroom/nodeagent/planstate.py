@@ -1,22 +1,16 @@
-"""The agent's on-disk state (a hostPath directory): the last plan and the original
-memory.high values it found, so that it keeps enforcing across restarts and while the API
-server is away, and can restore pods that left the plan in the meantime.
+"""The agent's on-disk state (a hostPath directory): the last plan, so that it keeps
+enforcing across restarts and while the API server is away.
 
-Two JSON files, each replaced atomically (write a temp file in the same directory, fsync,
-rename, fsync the directory): a crash leaves either the old or the new content, never a
-torn file.
-
-* ``plan.json``: ``{"version": 1, "plan": {"metadata": {...}, "spec": {...}}}``
-* ``originals.json``: ``{"version": 1, "originals": {"<pod uid>": <bytes> | null}}``
-  (null = ``max``)
+``plan.json``: ``{"version": 1, "plan": {"metadata": {...}, "spec": {...}}}``, replaced
+atomically (headroom.durable): a crash leaves either the old or the new content. The
+original memory.high values live in the same directory, in ``originals.json``, written
+by the engine itself before its first write to a cgroup (headroom.engine.originals).
 
 Nothing read back is trusted: a file that cannot be read or parsed, has another format
 version or the wrong shape is moved aside to ``<name>.corrupt`` (kept for a person to
 look at; one log line, and ``on_set_aside`` counts it in a metric) and the agent starts
-as if it were absent: from the API server's plan. An original that is not ``null`` or a
-page-aligned byte count within int64 is dropped (the file moved aside the same way, the
-valid ones kept). Loading never raises: an agent that exits on its own files would
-crash-loop on them until someone deletes them by hand.
+as if it were absent: from the API server's plan. Loading never raises: an agent that
+exits on its own files would crash-loop on them until someone deletes them by hand.
 """
 
 from __future__ import annotations
@@ -25,41 +19,18 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from headroom.durable import atomic_write_json
 from headroom.logs import event
 
 FORMAT_VERSION = 1
 PLAN_FILE = "plan.json"
-ORIGINALS_FILE = "originals.json"
 SET_ASIDE_SUFFIX = ".corrupt"
-PAGE_SIZE = 4096
-INT64_MAX = 2**63 - 1
 
 log = logging.getLogger("headroom.planstate")
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, sort_keys=True, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def plan_essentials(plan: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,15 +41,6 @@ def plan_essentials(plan: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": {k: meta[k] for k in ("name", "generation", "resourceVersion") if k in meta},
         "spec": plan.get("spec") or {},
     }
-
-
-def valid_original(v: Any) -> bool:
-    """An original memory.high as saved: None ("max") or bytes as the kernel reads them
-    back (page aligned, within int64)."""
-    if v is None:
-        return True
-    return (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= INT64_MAX
-            and v % PAGE_SIZE == 0)
 
 
 class StateStore:
@@ -142,26 +104,3 @@ class StateStore:
         what the agent must keep enforcing: nothing."""
         essentials = plan_essentials(plan) if plan is not None else {"metadata": {}, "spec": {}}
         atomic_write_json(self.dir / PLAN_FILE, {"version": FORMAT_VERSION, "plan": essentials})
-
-    def load_originals(self) -> dict[str, int | None]:
-        raw = self._load(ORIGINALS_FILE, "originals")
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            self.set_aside(ORIGINALS_FILE, "originals is not an object")
-            return {}
-        good = {k: v for k, v in raw.items() if valid_original(v)}
-        if len(good) != len(raw):
-            bad = sorted(set(raw) - set(good))
-            self.set_aside(ORIGINALS_FILE, f"{len(bad)} original(s) not null or page-aligned "
-                                            f"bytes within int64: {', '.join(bad[:5])}")
-            with contextlib.suppress(OSError):
-                # the valid ones stay usable; the bad file is kept next to them
-                self.save_originals(good)
-        return good
-
-    def save_originals(self, originals: Mapping[str, int | None]) -> None:
-        atomic_write_json(
-            self.dir / ORIGINALS_FILE,
-            {"version": FORMAT_VERSION, "originals": dict(originals)},
-        )

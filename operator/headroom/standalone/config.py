@@ -27,7 +27,7 @@ import yaml
 from headroom.api.policy import PolicyError
 from headroom.api.policy import _reclaim as parse_reclaim_block
 from headroom.api.quantity import QuantityError, page_align_down, parse_bytes, parse_cpu
-from headroom.engine.engine import ReclaimSettings
+from headroom.engine import ReclaimSettings
 
 TOP_KEYS = ("cpuBudget", "rescanInterval", "summaryInterval", "cgroups")
 ENTRY_KEYS = ("cgroup", "memoryHigh", "dryRun", "reclaim")

@@ -3,7 +3,10 @@
 The config (standalone_config.py) names cgroups by glob; the globs are
 re-scanned every `rescanInterval`, so new cgroups are taken over and vanished
 ones released. SIGTERM/SIGINT stop cleanly, restoring every memory.high the
-agent changed. A bad config (or cgroup root) exits 2 before anything is written.
+agent changed. The originals are kept in --state-dir (default /var/lib/headroom/
+standalone) before the first write, so a restart after a crash restores the owner's
+values, not the agent's. A bad config, cgroup root or state dir exits 2 before anything
+is written.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -19,8 +23,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from headroom import logs
+from headroom.agentcli import STANDALONE_STATE_DIR
 from headroom.cgroup import CgroupError, CgroupRoot
-from headroom.engine.engine import ReclaimEngine, Target, TargetStats
+from headroom.engine import ReclaimEngine, Target, TargetStats
 from headroom.engine.metrics import AgentMetrics
 from headroom.logs import event
 from headroom.standalone.config import Config, ConfigError, load
@@ -56,6 +61,19 @@ def scan(root: CgroupRoot, cfg: Config, warned: set[str]) -> list[Target]:
     return list(targets.values())
 
 
+def usable_state_dir(path: str) -> None:
+    """The originals must be kept durably before anything is written: refuse to start
+    (ValueError) rather than own memory.high values that a crash would lose."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"state dir {path}: {e.strerror or e}; pass --state-dir DIR "
+                         "(env HEADROOM_STATE_DIR)") from e
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"state dir {path} is not writable; pass --state-dir DIR "
+                         "(env HEADROOM_STATE_DIR)")
+
+
 def summary(snap: Mapping[str, TargetStats]) -> dict[str, Any]:
     stats = list(snap.values())
     return {
@@ -80,10 +98,16 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"headroom: invalid config: {e}", file=sys.stderr)
         return EXIT_USAGE
+    state_dir = getattr(args, "state_dir", None) or STANDALONE_STATE_DIR
+    metrics = AgentMetrics()
     try:
         root = CgroupRoot(args.cgroup_root)
+        if not args.dry_run:
+            usable_state_dir(state_dir)
         engine = ReclaimEngine(root, cpu_budget_cores=cfg.cpu_budget or args.cpu_budget,
-                               dry_run=args.dry_run)
+                               dry_run=args.dry_run, state_dir=state_dir,
+                               on_state_set_aside=lambda f: metrics.state_files_set_aside
+                               .labels(file=f).inc())
     except (CgroupError, ValueError) as e:
         print(f"headroom: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -96,11 +120,11 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     event(log, "standalone_start", config=str(cfg.path), cgroup_root=str(root.path),
+          state_dir=state_dir,
           entries=len(cfg.entries), dry_run=args.dry_run, cpu_budget_cores=cfg.cpu_budget
           or args.cpu_budget, fake_root=root.fake)
     warned: set[str] = set()
     labels: dict[str, Mapping[str, str]] = {}
-    metrics = AgentMetrics()
     metrics.watch_engine(engine, lambda key: labels.get(key, {}))
     try:
         metrics.serve(args.metrics_port, args.metrics_address)

@@ -21,8 +21,7 @@ import guest_support
 import pytest
 from headroom.cgroup import CgroupRoot
 from headroom.cgroup import capabilities as caps
-from headroom.engine import decisions
-from headroom.engine.engine import ReclaimEngine, ReclaimSettings, Target, TargetStats
+from headroom.engine import ReclaimEngine, ReclaimSettings, Target, TargetStats, decisions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 import pagecache_compare

@@ -41,7 +41,7 @@ cgroups:
 
 def _agent(cfg: Path, cgroup_root: Path) -> list[str]:
     return [*HEADROOM, "agent", "--standalone", "--config", str(cfg), "--cgroup-root",
-            str(cgroup_root), "--metrics-port", "0"]
+            str(cgroup_root), "--metrics-port", "0", "--state-dir", str(cfg.parent / "state")]
 
 
 def test_bad_config_exits_2_and_writes_nothing(make_cgroup, cgroup_root: Path,

@@ -1,0 +1,48 @@
+"""Watermark mode: reclaim from a start level below memory.high down to a target level
+(decisions.rate_aware_levels, decisions.watermark_step)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from headroom.engine import decisions as d
+from headroom.engine.modes.base import Check, Mode, register
+from headroom.logs import event
+
+if TYPE_CHECKING:
+    from headroom.engine.state import CgroupState
+
+log = logging.getLogger("headroom.engine")
+
+
+class Watermark(Mode):
+    name = "Watermark"
+
+    def levels(self, st: CgroupState, high: int, tuning: d.Tuning) -> tuple[int, int]:
+        s = st.target.settings
+        return d.rate_aware_levels(high, s.headroom_percent, s.target_percent, st.rate,
+                                   tuning.reaction_lead)
+
+    def want(self, c: Check) -> tuple[int, float]:
+        st, tn = c.st, c.tuning
+        high = st.high.limit
+        if high is None:
+            return 0, tn.max_interval
+        start, target = self.levels(st, high, tn)
+        was_active = st.active
+        want, st.active = d.watermark_step(c.usage, start, target,
+                                           st.target.settings.step_bytes, st.active)
+        interval = d.next_check_interval(c.usage, start, max(st.rate, st.inst_rate), tn)
+        if st.active and not was_active and c.dry:
+            event(log, "dry_run_reclaim", key=st.key, usage_bytes=c.usage, memory_high=high,
+                  would_reclaim_bytes=c.usage - target)
+        return want, interval
+
+    def reclaimed(self, st: CgroupState, usage_after: int, tuning: d.Tuning) -> None:
+        if st.active and st.high.limit is not None:
+            _, target = self.levels(st, st.high.limit, tuning)
+            st.active = usage_after > target   # the episode is over once down at the target
+
+
+WATERMARK = register(Watermark())
