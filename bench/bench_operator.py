@@ -144,20 +144,27 @@ def _operator_clock(log_path: pathlib.Path, offset: int) -> tuple[float | None, 
     """(caches synced, first round done) in seconds after the operator's own start
     (operate(), i.e. after interpreter start and imports), from its log; None where it
     does not log them (the kopf-index operator did not)."""
-    text = log_path.read_text()[offset:]
-    synced = re.search(r"^(\S+ \S+) INFO headroom.operator: caches synced: .* in ([0-9.]+) s "
-                       r"after start", text, re.M)
-    first = re.search(r"^(\S+ \S+) INFO headroom.operator: round 1: ", text, re.M)
-    if not synced:
+    synced: tuple[datetime.datetime, float] | None = None
+    first: datetime.datetime | None = None
+    for line in log_path.read_text()[offset:].splitlines():
+        try:
+            doc = json.loads(line)   # headroom's JSON log lines (headroom.logs)
+        except ValueError:
+            continue
+        if not isinstance(doc, dict) or doc.get("logger") != "headroom.operator":
+            continue
+        msg = str(doc.get("msg", ""))
+        stamp = datetime.datetime.fromisoformat(str(doc["time"]).replace("Z", "+00:00"))
+        m = re.match(r"caches synced: .* in ([0-9.]+) s after start", msg)
+        if m and synced is None:
+            synced = (stamp, float(m.group(1)))
+        elif msg.startswith("round 1: ") and first is None:
+            first = stamp
+    if synced is None:
         return None, None
-    if not first:
-        return float(synced.group(2)), None
-
-    def stamp(m: re.Match[str]) -> datetime.datetime:
-        return datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
-
-    return (float(synced.group(2)),
-            float(synced.group(2)) + (stamp(first) - stamp(synced)).total_seconds())
+    if first is None:
+        return synced[1], None
+    return synced[1], synced[1] + (first - synced[0]).total_seconds()
 
 
 # ---- scenario: start-up ------------------------------------------------------------------

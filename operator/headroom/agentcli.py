@@ -48,6 +48,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="PORT", help="port of /metrics, 0 to disable")
     add(p, "--metrics-address", env="HEADROOM_METRICS_ADDRESS", default="0.0.0.0",
         metavar="ADDR", help="address the metrics server binds")
+    add(p, "--health-port", env="HEADROOM_HEALTH_PORT", default=0, type=port,
+        metavar="PORT", help="cluster mode: port of /healthz (the engine and main loops turn) "
+                             "and /readyz (and a plan is known); 0: none (the chart sets 9809)")
+    add(p, "--health-address", env="HEADROOM_HEALTH_ADDRESS", default="0.0.0.0",
+        metavar="ADDR", help="address the health endpoint binds")
     add(p, "--status-interval", env="HEADROOM_STATUS_INTERVAL", default=30.0, type=non_negative,
         metavar="SECONDS", help="cluster mode: minimum seconds between plan status writes")
     add(p, "--heartbeat-interval", env="HEADROOM_HEARTBEAT_INTERVAL", default=300.0,

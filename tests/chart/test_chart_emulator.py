@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -132,11 +133,12 @@ def test_kubectl_applies_the_rendered_chart(cluster: Cluster, rendered: list[Doc
 
 def operator_command(deployment: Doc, health_port: int) -> tuple[list[str], dict[str, str]]:
     """The Deployment's container as a local process: its args and env, with the
-    liveness endpoint moved to a free loopback port."""
+    health endpoint moved to a free loopback port."""
     c = container(deployment)
-    args = [a.replace("0.0.0.0:8080", f"127.0.0.1:{health_port}") for a in c["args"]]
     env = {k: v if isinstance(v, str) else NAMESPACE for k, v in env_of(c).items()}
-    return [str(Path(sys.executable).parent / "headroom"), *args], env
+    assert env["HEADROOM_HEALTH_PORT"] == str(c["ports"][0]["containerPort"])
+    env.update(HEADROOM_HEALTH_PORT=str(health_port), HEADROOM_HTTP_ADDRESS="127.0.0.1")
+    return [str(Path(sys.executable).parent / "headroom"), *c["args"]], env
 
 
 def test_operator_runs_from_the_chart_and_writes_plans(
@@ -165,6 +167,17 @@ def test_operator_runs_from_the_chart_and_writes_plans(
                 return bool(r.status == 200)
 
         wait_for("the operator's liveness endpoint", healthy)
+        ready_path = container(deployment)["readinessProbe"]["httpGet"]["path"]
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}",
+                                            timeout=2) as r:
+                    return bool(r.status == 200)
+            except urllib.error.HTTPError:
+                return False
+
+        wait_for("the operator's readiness endpoint", ready)
         cluster.kubectl("apply", "-f", str(ROOT / "examples" / "policy-limit-percent.yaml"))
 
         def planned() -> int | None:

@@ -20,7 +20,11 @@ VALUE_SETS: dict[str, dict[str, str]] = {
     "servicemonitor-on": {"metrics.serviceMonitor.enabled": "true"},
     "custom-image": {"image.repository": "registry.example/headroom", "image.tag": "1.2.3"},
     "no-probes": {"operator.livenessProbe.enabled": "false",
-                  "agent.livenessProbe.enabled": "false"},
+                  "agent.livenessProbe.enabled": "false",
+                  "operator.readinessProbe.enabled": "false",
+                  "agent.readinessProbe.enabled": "false"},
+    "platform": {"agent.seLinuxOptions.type": "spc_t", "agent.priorityClassQuota.enabled": "true",
+                 "crds.managed": "true", "agent.nodeRestriction.enabled": "auto"},
 }
 # Kinds that are not part of Kubernetes itself (their own CRDs define them).
 NOT_IN_KUBERNETES = {"ServiceMonitor"}

@@ -33,7 +33,7 @@ def test_defaults_render_every_component(helm: Path) -> None:
     assert kinds == sorted([
         "ServiceAccount", "ServiceAccount", "ClusterRole", "ClusterRole",
         "ClusterRoleBinding", "ClusterRoleBinding", "Deployment", "DaemonSet", "Service",
-        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+        "Service", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "Pod",
     ])
     for d in docs:
         if d["kind"] not in ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
@@ -63,8 +63,11 @@ def test_agent_daemonset_is_wired_to_the_node(helm: Path) -> None:
     assert {"operator": "Exists"} in pod["tolerations"]
     assert pod["priorityClassName"] == "system-node-critical"
     assert set(c["resources"]) == {"requests", "limits"}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
-    assert c["ports"] == [{"name": "metrics", "containerPort": 9808, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert c["ports"] == [{"name": "health", "containerPort": 9809, "protocol": "TCP"},
+                          {"name": "metrics", "containerPort": 9808, "protocol": "TCP"}]
+    assert env["HEADROOM_HEALTH_PORT"] == "9809"
     # root for the cgroup files, but no privilege and no capabilities
     sc = c["securityContext"]
     assert sc["runAsUser"] == 0
@@ -95,7 +98,7 @@ def test_selectors_match_their_pods(helm: Path) -> None:
         assert selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()
     agent_labels = one(docs, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
     operator_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    svc = one(docs, "Service")
+    (svc,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-metrics")]
     assert svc["spec"]["selector"].items() <= agent_labels.items()
     assert not svc["spec"]["selector"].items() <= operator_labels.items()
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
@@ -104,13 +107,15 @@ def test_selectors_match_their_pods(helm: Path) -> None:
     assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"]
 
 
-def test_metrics_off_removes_service_port_and_probe(helm: Path) -> None:
+def test_metrics_off_removes_service_and_port_but_not_the_probes(helm: Path) -> None:
     docs = render(helm, {"metrics.enabled": "false", "metrics.serviceMonitor.enabled": "true"})
-    assert not by_kind(docs, "Service")
+    assert not [s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-metrics")]
     assert not by_kind(docs, "ServiceMonitor")
     c = container(one(docs, "DaemonSet"))
     assert env_of(c)["HEADROOM_METRICS_PORT"] == "0"
-    assert "ports" not in c and "livenessProbe" not in c
+    assert [p["name"] for p in c["ports"]] == ["health"]
+    assert c["livenessProbe"]["httpGet"]["port"] == "health"
+    assert c["readinessProbe"]["httpGet"]["port"] == "health"
 
 
 def test_custom_image_and_digest(helm: Path) -> None:
@@ -129,8 +134,14 @@ def test_custom_image_and_digest(helm: Path) -> None:
         chart_version)
 
 
-def test_node_restriction_policy_needs_the_api_and_can_be_disabled(helm: Path) -> None:
-    assert not by_kind(render(helm, vap=False), "ValidatingAdmissionPolicy")
+def test_node_restriction_policy_is_rendered_by_value(helm: Path) -> None:
+    # on by default even where helm cannot see the API (helm template, GitOps renders)
+    assert by_kind(render(helm, vap=False), "ValidatingAdmissionPolicy")
+    # "auto": only when the cluster serves the API
+    assert not by_kind(render(helm, {"agent.nodeRestriction.enabled": "auto"}, vap=False),
+                       "ValidatingAdmissionPolicy")
+    assert by_kind(render(helm, {"agent.nodeRestriction.enabled": "auto"}),
+                   "ValidatingAdmissionPolicy")
     assert not by_kind(render(helm, {"agent.nodeRestriction.enabled": "false"}),
                        "ValidatingAdmissionPolicy")
     docs = render(helm, release="r1", namespace="ops")

@@ -44,8 +44,11 @@ POLICY = ("memoryreclaimpolicy", "default", "web")
 WORKLOAD_LIMIT = 512 << 20
 # The user-facing install steps (docs/install.md shows the same commands; a test
 # below keeps them in step). The e2e adds only image and reporting settings.
+CREATE_NAMESPACE = ["kubectl", "create", "namespace", NAMESPACE]
+LABEL_NAMESPACE = ["kubectl", "label", "namespace", NAMESPACE,
+                   "pod-security.kubernetes.io/enforce=privileged"]
 HELM_INSTALL = ["helm", "install", RELEASE, "charts/headroom",
-                "--namespace", NAMESPACE, "--create-namespace", "--wait"]
+                "--namespace", NAMESPACE, "--wait"]
 E2E_VALUES = ["--set", "image.repository=headroom", "--set", "image.tag=e2e",
               "--set", "image.pullPolicy=Never", "--set", "agent.statusInterval=5"]
 APPLY_EXAMPLE = ["kubectl", "apply", "-f", EXAMPLE]
@@ -178,7 +181,7 @@ def test_ready_condition() -> None:
 def test_install_doc_runs_the_same_commands(doc: str) -> None:
     """The install steps users read must be the commands this test runs."""
     text = (ROOT / doc).read_text()
-    for cmd in (HELM_INSTALL, APPLY_EXAMPLE):
+    for cmd in (CREATE_NAMESPACE, LABEL_NAMESPACE, HELM_INSTALL, APPLY_EXAMPLE):
         assert " ".join(cmd) in text, f"{doc} lacks: {' '.join(cmd)}"
 
 
@@ -280,7 +283,10 @@ def test_install_apply_enforce_uninstall(kind_cluster: Kind) -> None:
     assert "cgroup2fs" in k.node_exec("stat", "-f", "-c", "%T", "/sys/fs/cgroup"), (
         "the kind node does not run on cgroup v2")
 
-    # 1. helm install (docs/install.md), image from the local build
+    # 1. the namespace at Pod Security "privileged", helm install (docs/install.md), image
+    # from the local build
+    k.kubectl(*CREATE_NAMESPACE[1:])
+    k.kubectl(*LABEL_NAMESPACE[1:])
     run([*HELM_INSTALL, *E2E_VALUES, "--timeout", "5m"], env=k.env)
     wait_for("a NodeReclaimPlan for the node", lambda: k.get("nodereclaimplan", None, k.node))
 

@@ -54,9 +54,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* Whether the cluster serves ValidatingAdmissionPolicy at v1 (Kubernetes >= 1.30). */}}
+{{/* Whether to render the node restriction: agent.nodeRestriction.enabled true, or "auto" and
+    the cluster serves ValidatingAdmissionPolicy at v1 (Kubernetes >= 1.30). */}}
 {{- define "headroom.nodeRestriction.enabled" -}}
-{{- if and .Values.agent.nodeRestriction.enabled (.Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy") -}}
+{{- $v := .Values.agent.nodeRestriction.enabled -}}
+{{- if eq (toString $v) "auto" -}}
+{{- if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy" -}}
+true
+{{- end -}}
+{{- else if $v -}}
 true
 {{- end -}}
 {{- end -}}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from headroom.cliflags import add, non_negative
+from headroom.cliflags import add, non_negative, port
 from headroom.logs import LOG_FORMATS, LOG_LEVELS
 
 
@@ -23,6 +23,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="SECONDS", help="seconds of quiet after an event before plans are recomputed")
     add(p, "--max-delay", env="HEADROOM_MAX_DELAY_SECONDS", default=5.0, type=non_negative,
         metavar="SECONDS", help="recompute at most this long after the first event of a burst")
+    add(p, "--health-port", env="HEADROOM_HEALTH_PORT", default=0, type=port, metavar="PORT",
+        help="port of /healthz (the reconciler runs, no round is stuck) and /readyz (and "
+             "the caches are listed, the first round is done); 0: none (the chart sets 8080)")
+    add(p, "--metrics-port", env="HEADROOM_METRICS_PORT", default=0, type=port,
+        metavar="PORT", help="port of /metrics; 0: none (the chart sets 9808)")
+    add(p, "--http-address", env="HEADROOM_HTTP_ADDRESS", default="0.0.0.0", metavar="ADDR",
+        help="address the health and metrics endpoints bind")
     add(p, "--liveness", env="HEADROOM_LIVENESS_ENDPOINT", default="", metavar="URL",
         help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz; empty: none")
     add(p, "--log-level", env="HEADROOM_LOG_LEVEL", default="info", lower=True,

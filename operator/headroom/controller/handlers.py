@@ -45,6 +45,7 @@ class OperatorState:
         self.informers: Informers | None = None
         self.reconciler: Reconciler | None = None
         self.task: asyncio.Task[None] | None = None
+        self.metrics: Any = None      # controller.metrics.OperatorMetrics, set by main.operate
         self.started = time.monotonic()
 
     def snapshot(self) -> Snapshot:
@@ -90,6 +91,7 @@ def build_registry(options: OperatorOptions | None = None) -> tuple[kopf.Operato
         cfg = load_configuration(options.kubeconfig)
         state.reconciler = Reconciler(KubeClient(cfg, concurrency=options.write_concurrency),
                                       state.snapshot, options.debounce, options.max_delay)
+        state.reconciler.metrics = state.metrics
         loop = asyncio.get_running_loop()
         synced = asyncio.Event()
         poke_pending = False

@@ -102,6 +102,9 @@ class Reconciler:
         self.max_delay = max_delay
         self.dirty = asyncio.Event()
         self.rounds = 0
+        self.rounds_done = 0                     # rounds that ended without an exception
+        self.round_started: float | None = None  # monotonic; None between rounds (health)
+        self.metrics: Any = None                 # controller.metrics.OperatorMetrics
         self._plans: dict[str, _Written] = {}
         self._statuses: dict[PolicyRef, _Written] = {}
 
@@ -120,10 +123,18 @@ class Reconciler:
                 except TimeoutError:
                     break
             self.dirty.clear()
+            self.round_started = time.monotonic()
             try:
                 await self.reconcile()
+                ok = True
+                self.rounds_done += 1
             except Exception:  # keep the loop alive; the next event or retry fixes it
+                ok = False
                 log.exception("reconcile round failed; retrying")
+            if self.metrics is not None:
+                self.metrics.round_done(time.monotonic() - self.round_started, ok)
+            self.round_started = None
+            if not ok:
                 await asyncio.sleep(1.0)
                 self.poke()
 
@@ -170,6 +181,15 @@ class Reconciler:
               for obj, reason, message in decisions.invalid_events),
             return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
+        if self.metrics is not None:
+            kinds = (["plan"] * len(decisions.actions)
+                     + ["status"] * (len(results) - len(decisions.actions)
+                                     - len(decisions.invalid_events))
+                     + ["event"] * len(decisions.invalid_events))
+            for kind, r in zip(kinds, results, strict=True):
+                result = ("ok" if not isinstance(r, BaseException) else
+                          "conflict" if isinstance(r, WriteConflict) else "error")
+                self.metrics.writes.labels(kind=kind, result=result).inc()
         for err in failed:
             if not isinstance(err, WriteConflict):
                 log.warning("write failed: %s", err)

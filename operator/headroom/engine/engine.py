@@ -142,6 +142,7 @@ class ReclaimEngine:
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
+        self._loop_at: float | None = None    # monotonic time of the loop's last turn
         self._stopping = False
         self._closed = False
         self._wakeups = Wakeups()
@@ -161,9 +162,18 @@ class ReclaimEngine:
             full = 0.0 if cores is None else cores * self.tuning.budget_burst_seconds
             self._cpu_bucket = d.Bucket(full, self._clock())
 
+    def loop_age(self) -> float | None:
+        """Seconds since the scheduler loop last turned (it turns at least every
+        tuning.max_interval); None before start or after stop. For health checks."""
+        at, thread = self._loop_at, self._thread
+        if at is None or thread is None or not thread.is_alive():
+            return None
+        return max(0.0, time.monotonic() - at)
+
     def start(self) -> None:
         if self._thread is not None:
             return
+        self._loop_at = time.monotonic()
         if self._workers > 0:
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="headroom-reclaim")
         self._thread = threading.Thread(target=self._loop, name="headroom-engine", daemon=True)
@@ -266,6 +276,7 @@ class ReclaimEngine:
 
     def _loop(self) -> None:
         while not self._stopping:
+            self._loop_at = time.monotonic()
             try:
                 with self._lock:
                     nxt = self._queue.next_due()

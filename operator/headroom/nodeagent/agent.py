@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from headroom import __version__
+from headroom import __version__, health
 from headroom.agentcli import CLUSTER_STATE_DIR
 from headroom.api.plan import (
     ENTRY_BOUNDS,
@@ -56,6 +56,9 @@ log = logging.getLogger("headroom.agent")
 # How often the main loop retries missing cgroups, saves state, considers a status write
 # and looks for incidents. Cheap: one lstat per path component per pod.
 TICK_SECONDS = 2.0
+# /healthz fails when the engine's loop (turns at least every second) or the main loop
+# (at most a tick plus an API call with its 20 s timeout) has not turned for this long.
+LOOP_STALE_SECONDS = 60.0
 # Pods the engine could not take over (an error on their cgroup files) are handed to it
 # again at most this often; pods whose directory is missing are looked for every tick.
 RETRY_SECONDS = 30.0
@@ -416,6 +419,32 @@ def _guarded(fn: Callable[..., Any], *args: Any) -> None:
         event(log, "agent_error", logging.ERROR, exc_info=True, step=fn.__name__)
 
 
+def health_checks(engine: Any, loop: Mapping[str, Any],
+                  stale: float = LOOP_STALE_SECONDS) -> health.Checks:
+    """/healthz: both loops turn. /readyz: that, and the agent knows its plan (saved on
+    disk or from the API), so it enforces what the operator decided."""
+    def engine_loop() -> tuple[bool, str]:
+        age = engine.loop_age()
+        if age is None:
+            return False, "not running"
+        return age < stale, f"turned {age:.1f} s ago"
+
+    def main_loop() -> tuple[bool, str]:
+        age = time.monotonic() - float(loop["at"])
+        return age < stale, f"turned {age:.1f} s ago"
+
+    def plan() -> tuple[bool, str]:
+        known = bool(loop.get("plan_known"))
+        return known, "known" if known else "waiting for the saved plan or the API"
+
+    checks = health.Checks()
+    for route in ("healthz", "readyz"):
+        checks.add(route, "engine loop", engine_loop)
+        checks.add(route, "main loop", main_loop)
+    checks.add("readyz", "plan", plan)
+    return checks
+
+
 def run(args: argparse.Namespace) -> int:
     setup(args.log_level, fmt=getattr(args, "log_format", "json"))
     # urllib3 logs each connection retry; the agent logs one event per failed call itself.
@@ -457,6 +486,10 @@ def run(args: argparse.Namespace) -> int:
     plans: queue.Queue[dict[str, Any] | None] = queue.Queue()
     watcher = PlanWatcher(custom, node, plans.put)
     stop = {"signal": 0}
+    loop = {"at": time.monotonic(), "plan_known": False}
+    health_server = health.serve(getattr(args, "health_port", 0),
+                                 getattr(args, "health_address", "0.0.0.0"),
+                                 health_checks(engine, loop).routes())
 
     def on_signal(signum: int, _frame: Any) -> None:
         stop["signal"] = signum   # only a flag: the loop notices within a second
@@ -469,10 +502,12 @@ def run(args: argparse.Namespace) -> int:
           pid=os.getpid())
     engine.start()
     agent.start()
+    loop["plan_known"] = agent.plan_exists   # a saved plan is enforced before the API answers
     watcher.start()
     next_tick = time.monotonic()
     try:
         while not stop["signal"]:
+            loop["at"] = time.monotonic()
             try:
                 obj = plans.get(timeout=1.0)
                 while True:   # only the newest plan matters
@@ -481,6 +516,7 @@ def run(args: argparse.Namespace) -> int:
                     except queue.Empty:
                         break
                 _guarded(agent.set_plan, obj)
+                loop["plan_known"] = True    # a plan, or the API's word that there is none
             except queue.Empty:
                 pass
             metrics.plan_watch_connected.set(1 if watcher.connected else 0)
@@ -493,6 +529,8 @@ def run(args: argparse.Namespace) -> int:
         agent.shutdown(restore=True)
         if server is not None:
             server.shutdown()
+        if health_server is not None:
+            health_server.shutdown()
     return 0
 
 
