@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def exposed_metric_names() -> set[str]:
     """Names in the agent's /metrics text, with one pod and probed capabilities."""
     metrics = AgentMetrics()
-    stats = TargetStats(applied=True, reason="Applied", memory_high=1 << 28, usage_bytes=1)
+    stats = TargetStats(applied=True, reason="Applied", memory_high=1 << 28, usage_bytes=1,
+                        relieved_high=1 << 29)   # every optional series present
     sample = TargetSample("uid-1", {"namespace": "default", "pod": "web-0"}, stats)
     metrics.watch(lambda: [sample], lambda: Capabilities(True, False, True))
     metrics.status_writes.labels(result="ok").inc()

@@ -291,8 +291,32 @@ def test_stall_despite_agent_becomes_an_event_and_status(fake_kernel: FakeKernel
     fake_kernel.grow(rel, 200 * MiB)
     h.advance(10)
     assert h.pod_status(A)["highEvents"] == 1
-    assert [e["reason"] for e in h.events] == ["MemoryHighReached"]
+    # stuck at memory.high with nothing reclaimable: the livelock guard relieved it
+    assert [e["reason"] for e in h.events] == ["MemoryHighReached", "Unreclaimable"]
     assert h.events[0]["involvedObject"]["uid"] == A
+    st = h.pod_status(A)
+    assert (st["applied"], st["reason"]) == (False, "Unreclaimable")
+    assert st["relievedMemoryHigh"] > st["memoryHigh"] == 256 * MiB
+    assert "memory.high raised to" in h.events[1]["message"]
+    assert 'headroom_livelock_relief_raises_total{namespace="shop"' in h.metrics.text()
+
+
+def test_livelock_guard_off_in_the_plan_leaves_the_pod_at_memory_high(
+        fake_kernel: FakeKernel, cgroup_tree: FakeTree, state: Path) -> None:
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    make_pod(cgroup_tree, Driver.CGROUPFS, A, "Burstable", current=100 * MiB)
+    h = Harness(fake_kernel, state)
+    entry = pod(A)
+    entry["reclaim"]["livelockGuard"] = False
+    h.agent.set_plan(plan(entry))
+    h.advance(1)
+    rel = pod_rel(Driver.CGROUPFS, A, "Burstable")
+    fake_kernel.floor[rel] = 300 * MiB
+    fake_kernel.grow(rel, 200 * MiB)
+    h.advance(10)
+    assert [e["reason"] for e in h.events] == ["MemoryHighReached"]
+    assert h.pod_status(A)["reason"] == "Applied"
+    assert cgroup_tree.high(rel) == str(256 * MiB)
 
 
 def test_status_writes_are_bounded(fake_kernel: FakeKernel, cgroup_tree: FakeTree,

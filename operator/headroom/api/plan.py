@@ -161,6 +161,7 @@ ENTRY_BOUNDS: dict[str, Bound] = {
     "reclaim.maxBytesPerSecond": _BYTES,
     "reclaim.swappiness": IntBound(0, MAX_SWAPPINESS),
     "reclaim.pressureTargetPercent": _PERCENT,
+    "reclaim.livelockGuard": BoolBound(),
 }
 REQUIRED_ENTRY_FIELDS = ("uid", "namespace", "name", "qosClass", "memoryHigh", "policy",
                          "reclaim", "policy.kind", "policy.name", "reclaim.mode")
@@ -198,6 +199,7 @@ class PlanReclaim:
     max_bytes_per_second: int = DEFAULT_MAX_BYTES_PER_SECOND
     swappiness: int | None = None
     pressure_target_percent: int | float = DEFAULT_PRESSURE_TARGET_PERCENT
+    livelock_guard: bool = True
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,7 @@ _RECLAIM_ATTRS = {
     "mode": "mode", "headroomPercent": "headroom_percent", "targetPercent": "target_percent",
     "stepBytes": "step_bytes", "maxBytesPerSecond": "max_bytes_per_second",
     "swappiness": "swappiness", "pressureTargetPercent": "pressure_target_percent",
+    "livelockGuard": "livelock_guard",
 }
 
 

@@ -94,6 +94,7 @@ class ReclaimSpec:
     node_cpu_budget: float | None = None     # cores
     swappiness: int | None = None
     pressure_target_percent: int | float = DEFAULT_PRESSURE_TARGET_PERCENT
+    livelock_guard: bool = True
 
     def to_plan(self) -> dict[str, Any]:
         """The ``reclaim`` block of a plan pod entry (fixed key order)."""
@@ -107,6 +108,8 @@ class ReclaimSpec:
         if self.swappiness is not None:
             out["swappiness"] = self.swappiness
         out["pressureTargetPercent"] = self.pressure_target_percent
+        if not self.livelock_guard:   # absent = true: plans of older operators mean the same
+            out["livelockGuard"] = False
         return out
 
 
@@ -204,6 +207,9 @@ def _reclaim(raw: Any) -> ReclaimSpec:
             raise PolicyError("InvalidQuantity", f"{f}nodeCpuBudget: {e}") from None
         if budget < MIN_CPU_BUDGET_CORES:
             raise PolicyError("InvalidQuantity", f"{f}nodeCpuBudget must be at least 1m")
+    guard = raw.get("livelockGuard", True)
+    if not isinstance(guard, bool):
+        raise PolicyError("InvalidSpec", f"{f}livelockGuard must be a boolean, got {guard!r}")
     swappiness = None
     if raw.get("swappiness") is not None:
         swappiness = _number(raw, "swappiness", f + "swappiness", None, 0, 200, integer=True)
@@ -218,6 +224,7 @@ def _reclaim(raw: Any) -> ReclaimSpec:
         swappiness=swappiness,
         pressure_target_percent=_number(raw, "pressureTargetPercent", f + "pressureTargetPercent",
                                         DEFAULT_PRESSURE_TARGET_PERCENT, 0, 100, lo_open=True),
+        livelock_guard=guard,
     )
 
 

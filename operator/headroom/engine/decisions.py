@@ -37,6 +37,10 @@ class Tuning:
                                     # usage reach memory.high (measured: 0.3-0.5 s under TCG)
     lowering_deadline: float = 10.0    # a memory.high lowered below usage is written after
                                        # at most this long of background reclaim, reclaimed or not
+    relief_steps: int = 4           # livelock guard: memory.high reaches its ceiling in this
+                                    # many raises (a few seconds of throttling at most)
+    relief_unbounded_factor: float = 2.0  # ceiling when memory.max is "max": this × the plan's
+    relief_hold: float = 5.0        # the plan's value comes back no sooner after the last raise
 
 
 def page_down(n: float) -> int:
@@ -190,3 +194,42 @@ def pressure_step(usage: int, share: float, target_percent: float, step_bytes: i
     if want < PAGE_SIZE:
         return 0
     return page_down(min(step_bytes, want))
+
+
+# --- Livelock guard: relieve memory.high that reclaim cannot defend ---------------------
+
+
+def relief_ceiling(plan_high: int, memory_max: int | None, unbounded_factor: float) -> int:
+    """Highest memory.high the guard may write: memory.max (the kernel's own limit: the
+    pod then runs as it would without memory.high), or, when memory.max is "max",
+    `unbounded_factor` × the plan's value."""
+    if memory_max is not None:
+        return max(plan_high, page_down(memory_max))
+    return max(plan_high, page_down(plan_high * unbounded_factor))
+
+
+def relief_stuck(usage: int, high: int, reclaim_failed: bool, high_events_rise: int,
+                 full_stall_rise_us: int, headroom_percent: float) -> bool:
+    """No progress at memory.high: reclaim freed less than asked (EAGAIN) while usage is
+    at the watermark start of the memory.high in effect, and the kernel is throttling
+    the cgroup (memory.events `high` or PSI `full` rose since the last look)."""
+    return (reclaim_failed and usage >= watermark_start(high, headroom_percent)
+            and (high_events_rise > 0 or full_stall_rise_us > 0))
+
+
+def relief_raise(current_high: int, plan_high: int, ceiling: int, steps: int) -> int | None:
+    """The next memory.high: one step of (ceiling - plan) / steps above the current one,
+    at most the ceiling; None when already there."""
+    if current_high >= ceiling:
+        return None
+    step = max(PAGE_SIZE, page_up((ceiling - plan_high) / max(steps, 1)))
+    return min(ceiling, current_high + step)
+
+
+def relief_over(usage: int, plan_high: int, headroom_percent: float, target_percent: float,
+                since_raise: float, hold: float) -> bool:
+    """The plan's memory.high can come back: usage is well below it (at or under its
+    watermark target, so writing it reclaims nothing) and the last raise was at least
+    `hold` seconds ago."""
+    return since_raise >= hold and usage <= watermark_levels(plan_high, headroom_percent,
+                                                             target_percent)[1]

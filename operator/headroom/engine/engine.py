@@ -353,6 +353,7 @@ class ReclaimEngine:
                 return _Job(key, st.generation, st.cg, 0, None, usage, high=value,
                             write_high=lambda cg=st.cg: self._high.write(key, cg, value))
 
+        self._high.check_relief(st, usage, now)
         dry = self._dry(st.target)
         want, interval = modes.get(s.mode).want(modes.Check(st, usage, now, tn, dry))
         if self._caps.memory_reclaim is False:
@@ -453,6 +454,9 @@ class ReclaimEngine:
             stats.eagain_count += 1
             if r.usage_after is not None:
                 stats.reclaimed_bytes += max(0, min(job.nbytes, job.usage_before - r.usage_after))
+        if (r.outcome == "eagain" and r.usage_after is not None
+                and self._relieve(st, r.usage_after, now)):
+            return
         st.consecutive_failures += 1
         backoff = d.eagain_backoff(st.consecutive_failures, self.tuning)
         st.backoff_until = now + backoff
@@ -463,6 +467,22 @@ class ReclaimEngine:
             event(log, "reclaim_failed", logging.WARNING, key=job.key, outcome=r.outcome,
                   error=r.error, consecutive=st.consecutive_failures, backoff_seconds=backoff)
         self._queue.schedule(job.key, st.backoff_until)
+
+    def _relieve(self, st: CgroupState, usage: int, now: float) -> bool:
+        """Livelock guard (memoryhigh.after_failed_reclaim): memory.high raised one step;
+        the limit changed, so the back-off starts over and the next check comes at once."""
+        try:
+            if not self._high.after_failed_reclaim(st, usage, now):
+                return False
+        except CgroupGone as e:
+            self._mark_gone(st, str(e))
+            return True
+        except (CgroupError, OSError) as e:
+            st.stats.last_error = str(e)
+            return False
+        st.consecutive_failures, st.backoff_until, st.active = 0, now, False
+        self._queue.schedule(st.key, now)
+        return True
 
     # --- taking over and releasing ---------------------------------------------------
 

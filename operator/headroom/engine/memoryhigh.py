@@ -3,7 +3,10 @@
 Per cgroup (HighState), driven by the engine under its lock:
 
     found ──take──> written (Applied) ──drift──> written again (or Lowering)
-      │               ^    │
+      │               ^    │  ^
+      │               │    │  └─ usage well below ── relieved (Unreclaimable) <─┐
+      │               │    │      (via Lowering)        │ stuck again: raise ───┘
+      │               │    └──stuck at memory.high──────┘
       │               │    └──release / stop / target without memory.high──> restored
       └──> Lowering ──┘  (a lower value waits for background reclaim, or its deadline)
 
@@ -14,6 +17,11 @@ Per cgroup (HighState), driven by the engine under its lock:
 * Lowering: writing a memory.high below usage makes the writer reclaim synchronously
   and throttles the workload, so a lower value waits (lowering_to) until the watermark
   reclaim got usage under it, or until its deadline; then a worker writes it.
+* relieved (livelock guard): reclaim makes no progress while usage sits at memory.high
+  (EAGAIN, the kernel throttling: memory.events `high` or PSI `full` rising), e.g. anon
+  memory without swap. memory.high is raised in bounded steps toward memory.max, so the
+  workload runs at kernel speed up to its real limit, and comes back to the plan's value
+  once usage is well below that (decisions.relief_*).
 * restore: the original goes back, only if the engine had written its own.
 
 `MemoryHighOwner.write` is the only code that writes memory.high.
@@ -30,7 +38,7 @@ from headroom.cgroup import Capabilities, Cgroup, CgroupError, CgroupGone, Cgrou
 from headroom.engine import decisions as d
 from headroom.engine import modes
 from headroom.engine.originals import OriginalsJournal, Saved
-from headroom.engine.targets import APPLIED, DRY_RUN, LOWERING
+from headroom.engine.targets import APPLIED, DRY_RUN, LOWERING, UNRECLAIMABLE
 from headroom.logs import event
 
 if TYPE_CHECKING:
@@ -47,6 +55,17 @@ class HighState:
     limit: int | None = None                 # the limit the watermark is computed from
     lowering_to: int | None = None           # memory.high to write once usage is below its
     lowering_deadline: float = 0.0           # watermark; written anyway from this time on
+    # livelock guard
+    plan: int | None = None                  # the target's memory.high, page aligned
+    relieved: int | None = None              # raised memory.high in effect (None: not relieved)
+    relieved_at: float = 0.0                 # time of the last raise
+    seen_events: int = 0                     # memory.events high at the last look
+    seen_full_us: int = 0                    # memory.pressure full total at the last look
+
+
+def _full_us(cg: Cgroup) -> int:
+    full = cg.read_pressure().full
+    return 0 if full is None else full.total_us
 
 
 def limit_of(cg: Cgroup) -> int | None:
@@ -92,21 +111,32 @@ class MemoryHighOwner:
         if prev is not None:
             hs.has_original, hs.original = prev.high.has_original, prev.high.original
             hs.written = prev.high.written
-        elif (saved := self.journal.get(st.key)) is not None:
+            hs.seen_events, hs.seen_full_us = prev.high.seen_events, prev.high.seen_full_us
+        else:
+            hs.seen_events, hs.seen_full_us = st.events_base, _full_us(st.cg)
+        if prev is None and (saved := self.journal.get(st.key)) is not None:
             hs.has_original, hs.original = True, saved.original
             found = st.cg.read_high()
             if self._adopt_leftovers and found is not None and found in saved.ours:
                 hs.written = found   # left by an earlier run of ours: ours to restore
+        hs.plan = None if t.memory_high is None else d.page_down(t.memory_high)
         if dry or t.memory_high is None:
             self.restore(st)
+        elif (prev is not None and prev.high.relieved is not None and prev.high.plan == hs.plan
+              and t.settings.livelock_guard):
+            # new settings, same memory.high: still relieved, and still stuck for all we know
+            hs.relieved, hs.relieved_at = prev.high.relieved, prev.high.relieved_at
         else:
             if prev is not None and prev.high.lowering_to is not None:
                 hs.lowering_deadline = prev.high.lowering_deadline   # the bound stays
             self.set(st, t.memory_high, usage)
-        hs.limit = t.memory_high if t.memory_high is not None else limit_of(st.cg)
+        hs.limit = ((hs.relieved or t.memory_high) if t.memory_high is not None
+                    else limit_of(st.cg))
         st.stats.memory_high = t.memory_high
         st.stats.applied, st.stats.reason = ((False, LOWERING) if hs.lowering_to is not None
+                                             else (False, UNRECLAIMABLE) if hs.relieved
                                              else (True, DRY_RUN if dry else APPLIED))
+        st.stats.relieved_high = hs.relieved
         st.stats.original_memory_high = hs.original
 
     def set(self, st: CgroupState, value: int, usage: int) -> None:
@@ -207,6 +237,54 @@ class MemoryHighOwner:
             st.stats.drift_corrections += 1
             self._write_or_lower(st, hs.written, found, usage, now)
 
+    # --- livelock guard -------------------------------------------------------------------
+
+    def after_failed_reclaim(self, st: CgroupState, usage: int, now: float) -> bool:
+        """A reclaim write freed less than asked. Raise memory.high one step when the
+        cgroup is stuck at it (decisions.relief_stuck); True when raised."""
+        assert st.cg is not None
+        hs, s = st.high, st.target.settings
+        if (not s.livelock_guard or hs.plan is None or hs.written is None
+                or hs.lowering_to is not None):
+            return False
+        events = st.cg.read_events().get("high", 0)
+        full = _full_us(st.cg)
+        rise, stall = events - hs.seen_events, full - hs.seen_full_us
+        hs.seen_events, hs.seen_full_us = events, full
+        current = hs.written
+        if not d.relief_stuck(usage, current, True, rise, stall, s.headroom_percent):
+            return False
+        ceiling = d.relief_ceiling(hs.plan, st.cg.read_max(), self.tuning.relief_unbounded_factor)
+        value = d.relief_raise(current, hs.plan, ceiling, self.tuning.relief_steps)
+        if value is None:
+            return False   # at memory.max: the kernel's own limit applies, as without us
+        self._apply(st, value)
+        hs.relieved, hs.relieved_at, hs.limit = value, now, value
+        st.stats.applied, st.stats.reason = False, UNRECLAIMABLE
+        st.stats.relieved_high = value
+        st.stats.relief_raises += 1
+        event(log, "memory_high_relieved", logging.WARNING, key=st.key, memory_high=value,
+              plan_memory_high=hs.plan, ceiling=ceiling, usage_bytes=usage,
+              high_events=rise, full_stall_us=stall)
+        return True
+
+    def check_relief(self, st: CgroupState, usage: int, now: float) -> None:
+        """At each check while relieved: back to the plan's value, through the ordinary
+        Lowering path, once usage is well below it (decisions.relief_over)."""
+        hs, s = st.high, st.target.settings
+        if hs.relieved is None or hs.plan is None:
+            return
+        if not d.relief_over(usage, hs.plan, s.headroom_percent, s.target_percent,
+                             now - hs.relieved_at, self.tuning.relief_hold):
+            return
+        assert st.cg is not None
+        event(log, "memory_high_relief_over", key=st.key, memory_high=hs.plan,
+              relieved=hs.relieved, usage_bytes=usage)
+        hs.relieved, hs.limit = None, hs.plan
+        st.stats.relieved_high = None
+        st.stats.applied, st.stats.reason = True, APPLIED
+        self._write_or_lower(st, hs.plan, st.cg.read_high(), usage, now)
+
     # --- letting go ----------------------------------------------------------------------
 
     def restore(self, st: CgroupState) -> None:
@@ -215,7 +293,7 @@ class MemoryHighOwner:
         hs = st.high
         if hs.written is not None and hs.has_original:
             self.write(st.key, st.cg, hs.original, ours=False)
-        hs.written = None
+        hs.written, hs.relieved = None, None
         self.journal.forget(st.key)
 
     def release(self, st: CgroupState) -> None:

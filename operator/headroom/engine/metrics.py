@@ -53,6 +53,11 @@ _PER_TARGET: tuple[tuple[str, str, str, bool], ...] = (
      "schedule.", "lateness_seconds", False),
     ("headroom_memory_high_drift_corrections", "Times memory.high was found changed by "
      "someone else and put back.", "drift_corrections", True),
+    ("headroom_livelock_relief_raises", "Times the livelock guard raised memory.high above "
+     "the plan's value because reclaim could not defend it (reason Unreclaimable).",
+     "relief_raises", True),
+    ("headroom_memory_high_relieved_bytes", "memory.high written by the livelock guard above "
+     "the plan's value; absent while not relieved.", "relieved_high", False),
 )
 
 

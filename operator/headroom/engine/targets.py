@@ -19,6 +19,7 @@ DRY_RUN = "DryRun"
 NOT_FOUND = "CgroupNotFound"
 ERROR = "Error"
 LOWERING = "Lowering"   # memory.high waits for background reclaim before it is lowered
+UNRECLAIMABLE = "Unreclaimable"   # livelock guard: memory.high raised above the plan's value
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class ReclaimSettings:
     max_bytes_per_second: int = 512 << 20
     swappiness: int | None = None
     pressure_target_percent: float = 0.1
+    livelock_guard: bool = True     # raise memory.high toward memory.max when reclaim is stuck
 
     def problems(self) -> list[tuple[str, str]]:
         """(field, message) for every invalid value; empty when valid."""
@@ -83,3 +85,6 @@ class TargetStats:
     drift_corrections: int = 0               # memory.high found changed by others, put back
     dry_run_bytes: int = 0                   # what a dry run would have reclaimed
     budget_deferrals: int = 0                # checks that waited for the node CPU budget
+    relieved_high: int | None = None         # livelock guard: memory.high in effect above
+                                             # the plan's (None: not relieved)
+    relief_raises: int = 0                   # livelock guard: times memory.high was raised

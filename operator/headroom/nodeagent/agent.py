@@ -94,7 +94,8 @@ def reclaim_settings(rec: PlanReclaim) -> ReclaimSettings:
         mode=rec.mode, headroom_percent=float(rec.headroom_percent),
         target_percent=float(rec.target_percent), step_bytes=rec.step_bytes,
         max_bytes_per_second=rec.max_bytes_per_second, swappiness=rec.swappiness,
-        pressure_target_percent=float(rec.pressure_target_percent))
+        pressure_target_percent=float(rec.pressure_target_percent),
+        livelock_guard=rec.livelock_guard)
     problems = settings.problems()
     if problems:
         raise ValueError("; ".join(f"{f} {m}" for f, m in problems))

@@ -8,6 +8,9 @@ Incidents are found by comparing two engine snapshots (pure ``find_incidents``):
   reclaim, is not one);
 * ``MemoryHighDrift``: something else changed the pod's memory.high; the agent put its
   value back.
+* ``Unreclaimable``: reclaim could not keep the pod under memory.high (e.g. anonymous
+  memory without swap) and the kernel was throttling it: the livelock guard raised
+  memory.high toward memory.max; the plan's value comes back once usage has fallen.
 
 ``EventRecorder`` posts at most one Event per (pod, reason) per ``min_interval`` (default
 10 minutes); what it held back is counted into the next Event's message and ``count``.
@@ -71,6 +74,15 @@ def find_incidents(prev: Mapping[str, Any], cur: Mapping[str, Any],
         eagain = stats.eagain_count > (before.eagain_count if before is not None else 0)
         if err and not eagain and err != ((before.last_error or "") if before else ""):
             out.append(Incident(pod, "ReclaimFailed", f"headroom agent: {err}"))
+        raises = getattr(stats, "relief_raises", 0) - (getattr(before, "relief_raises", 0)
+                                                       if before is not None else 0)
+        if raises > 0:
+            out.append(Incident(pod, "Unreclaimable",
+                                f"memory.high raised to {_mib(stats.relieved_high)} (plan "
+                                f"{_mib(stats.memory_high)}, usage {_mib(stats.usage_bytes)}): "
+                                "reclaim made no progress while the kernel throttled the pod "
+                                "at memory.high (anonymous memory without swap?); it runs up "
+                                "to its memory limit until usage falls"))
         drift = stats.drift_corrections - (before.drift_corrections if before is not None else 0)
         if drift > 0:
             out.append(Incident(pod, "MemoryHighDrift",

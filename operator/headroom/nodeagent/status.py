@@ -83,6 +83,9 @@ def pod_status(pod: PodEntry, stats: StatsLike | None,
     )
     if stats.memory_high is not None:
         out["memoryHigh"] = int(stats.memory_high)
+    relieved = getattr(stats, "relieved_high", None)
+    if relieved is not None:
+        out["relievedMemoryHigh"] = int(relieved)
     if stats.drift_corrections:
         out["driftCorrections"] = int(stats.drift_corrections)
     return out

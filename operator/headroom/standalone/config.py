@@ -32,7 +32,7 @@ from headroom.engine import ReclaimSettings
 TOP_KEYS = ("cpuBudget", "rescanInterval", "summaryInterval", "cgroups")
 ENTRY_KEYS = ("cgroup", "memoryHigh", "dryRun", "reclaim")
 RECLAIM_KEYS = ("mode", "headroomPercent", "targetPercent", "stepSize", "maxBytesPerSecond",
-                "swappiness", "pressureTargetPercent")
+                "swappiness", "pressureTargetPercent", "livelockGuard")
 DEFAULT_RESCAN_SECONDS = 10.0
 DEFAULT_SUMMARY_SECONDS = 60.0
 
@@ -178,5 +178,6 @@ def _entry(index: int, e: Any, path: pathlib.Path) -> Entry:
         mode=spec.mode, headroom_percent=float(spec.headroom_percent),
         target_percent=float(spec.target_percent), step_bytes=spec.step_bytes,
         max_bytes_per_second=spec.max_bytes_per_second, swappiness=spec.swappiness,
-        pressure_target_percent=float(spec.pressure_target_percent))
+        pressure_target_percent=float(spec.pressure_target_percent),
+        livelock_guard=spec.livelock_guard)
     return Entry(index, glob.strip(), high, percent, settings, dry)
