@@ -62,6 +62,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add(p, "--cpu-budget", env="HEADROOM_CPU_BUDGET", default=0.5, type=non_negative,
         metavar="CORES",
         help="node-wide CPU the reclaim engine may spend, in cores, unless the plan sets one")
+    add(p, "--restore-all", env="HEADROOM_RESTORE_ALL", default=False, type=boolean,
+        help="one-shot, while no agent runs (e.g. after uninstalling one that crashed): put "
+             "back every original memory.high saved in the state dir where memory.high still "
+             "holds the agent's value, empty the file, exit (1 if a restore failed)")
     add(p, "--dry-run", env="HEADROOM_DRY_RUN", default=False, type=boolean,
         help="report what would be written, write nothing")
     add(p, "--log-level", env="HEADROOM_LOG_LEVEL", default="info", lower=True,
@@ -74,6 +78,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "restore_all", False):
+        return restore_all(args)
     if args.standalone:
         from headroom.standalone import run as standalone
 
@@ -81,3 +87,24 @@ def run(args: argparse.Namespace) -> int:
     from headroom.nodeagent import agent as cluster
 
     return cluster.run(args)
+
+
+def restore_all(args: argparse.Namespace) -> int:
+    """`headroom agent --restore-all`: the saved originals back, without an engine."""
+    import json
+    import sys
+
+    from headroom.cgroup import CgroupError, CgroupRoot
+    from headroom.engine.memoryhigh import restore_saved
+
+    state_dir = args.state_dir or (STANDALONE_STATE_DIR if args.standalone
+                                   else CLUSTER_STATE_DIR)
+    try:
+        root = CgroupRoot(args.cgroup_root)
+    except CgroupError as e:
+        print(f"headroom: {e}", file=sys.stderr)
+        return 2
+    results = restore_saved(root, state_dir, dry_run=args.dry_run)
+    for key, outcome in results:
+        print(json.dumps({"key": key, "outcome": outcome}))
+    return 1 if any(outcome == "failed" for _, outcome in results) else 0

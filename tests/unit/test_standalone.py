@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import signal
@@ -289,3 +290,38 @@ def test_unusable_state_dir_exits_2_and_writes_nothing(tmp_path, cgroup_tree, ca
     assert standalone.run(args_for(p, cgroup_tree.root, state_dir=blocker / "state")) == 2
     assert "state dir" in capsys.readouterr().err
     assert cgroup_tree.contents() == before
+
+
+def test_restore_all_after_a_crash_puts_the_owners_values_back(tmp_path, cgroup_tree):
+    """An agent SIGKILLed and never restarted: `--restore-all` puts back what it had
+    saved, leaves values someone else set since, and empties the state."""
+    for name in ("a", "b"):
+        cgroup_tree.add(f"app.slice/{name}.service", current=10 * MiB)
+        cgroup_tree.write(f"app.slice/{name}.service", "memory.high", f"{300 * MiB}\n")
+    p = tmp_path / "c.yaml"
+    p.write_text(GOOD)
+    proc = start_agent(p, cgroup_tree.root, "--metrics-port", "0", stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: all(cgroup_tree.high(f"app.slice/{n}.service")
+                                    == str(256 * MiB) for n in ("a", "b")))
+    finally:
+        proc.kill()
+        proc.wait()
+    cgroup_tree.write("app.slice/b.service", "memory.high", f"{200 * MiB}\n")   # its owner
+    env = dict(os.environ, **{ALLOW_FAKE_ENV: "1"})
+    state = tmp_path / "state"
+    cmd = [sys.executable, "-m", "headroom.cli", "agent", "--restore-all", "--cgroup-root",
+           str(cgroup_tree.root), "--state-dir", str(state)]
+    dry = subprocess.run([*cmd, "--dry-run"], env=env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert dry.returncode == 0, dry.stderr
+    assert '"outcome": "would restore"' in dry.stdout
+    assert cgroup_tree.high("app.slice/a.service") == str(256 * MiB)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert cgroup_tree.high("app.slice/a.service") == str(300 * MiB)
+    assert cgroup_tree.high("app.slice/b.service") == str(200 * MiB)
+    outcomes = sorted(json.loads(ln)["outcome"] for ln in done.stdout.splitlines())
+    assert outcomes == ["not ours", "restored"]
+    assert json.loads((state / "originals.json").read_text())["originals"] == {}

@@ -30,6 +30,7 @@ Per cgroup (HighState), driven by the engine under its lock:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -354,3 +355,25 @@ class MemoryHighOwner:
                 outcome = "failed"
             out.append((key, outcome))
         return out
+
+
+def restore_saved(root: CgroupRoot, state_dir: str, dry_run: bool = False
+                  ) -> list[tuple[str, str]]:
+    """Every original saved in `state_dir` put back where memory.high still holds a value
+    the engine wrote (`headroom agent --restore-all`; no agent may be running). Entries
+    restored, not ours, or of vanished cgroups leave the file; failed ones stay. With
+    `dry_run`, nothing is written: outcomes say what would happen."""
+    journal = OriginalsJournal(state_dir)
+    if dry_run:
+        out = []
+        for key, saved in sorted(journal.entries().items()):
+            try:
+                found = (root.cgroup(saved.path).read_high() if saved.path is not None
+                         else None)
+                ours = saved.path is not None and found is not None and found in saved.ours
+                out.append((key, "would restore" if ours else "not ours"))
+            except CgroupError:
+                out.append((key, "gone"))
+        return out
+    owner = MemoryHighOwner(journal, d.Tuning(), lambda cg: None, Capabilities, time.monotonic)
+    return owner.release_saved(root, ())
