@@ -96,4 +96,9 @@ def resolve_inside(root: pathlib.Path, path: str | os.PathLike[str]) -> pathlib.
     resolved = pathlib.Path(os.path.realpath(candidate))
     if resolved != root and root not in resolved.parents:
         raise UnsafePath(candidate, f"outside the cgroup root {root}")
+    # Below the root nothing is followed: a directory swapped for a symlink after a
+    # caller checked it (to a parent, or to another pod) must not redirect a write.
+    lexical = pathlib.Path(os.path.normpath(candidate))
+    if lexical != resolved and (lexical == root or root in lexical.parents):
+        raise UnsafePath(candidate, "a symlink below the cgroup root; not followed")
     return resolved

@@ -190,6 +190,16 @@ class PodCgroupResolver:
         path, reason, message = _walk(self.root, rel)
         if reason is not None:
             raise PodCgroupError(reason, f"{message} ({layout.describe()})")
+        # A pod's QoS class never changes: the same uid under another class means the
+        # tree is not what the kubelet made. Which one is the pod's is a guess: neither
+        # is written.
+        others = [q for q in QOS_CLASSES if q != qos_class and os.path.lexists(
+            self.root / relative_path(uid, q, layout.driver, layout.kubelet_root))]
+        if others:
+            raise PodCgroupError("AmbiguousCgroup",
+                                 f"pod {uid} has a cgroup under {qos_class} ({path}) and "
+                                 f"under {', '.join(others)} too; neither is written "
+                                 f"({layout.describe()})")
         # Defence in depth: the lexical path must stay under root (it does by construction).
         if os.path.commonpath([self.root, path]) != str(self.root) or path == self.root:
             raise PodCgroupError("UnsafePath", f"{path} is outside {self.root}")

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from headroom.api.plan import ENTRY_BOUNDS, MIN_MEMORY_HIGH, SPEC_BOUNDS
 from headroom.api.policy import PolicyError
 from headroom.api.policy import _reclaim as parse_reclaim_block
 from headroom.api.quantity import QuantityError, page_align_down, parse_bytes, parse_cpu
@@ -63,7 +64,11 @@ class Entry:
             return self.memory_high, ""
         if memory_max is None:
             return None, f'memoryHigh "{self.memory_high_percent:g}%" needs a memory.max limit'
-        return page_align_down(int(memory_max * self.memory_high_percent / 100)), ""
+        high = page_align_down(int(memory_max * self.memory_high_percent / 100))
+        if high < MIN_MEMORY_HIGH:
+            return None, (f'memoryHigh "{self.memory_high_percent:g}%" of memory.max '
+                          f"{memory_max} is below {MIN_MEMORY_HIGH} bytes")
+        return high, ""
 
 
 @dataclass(frozen=True)
@@ -96,12 +101,19 @@ def parse(raw: Any, path: pathlib.Path) -> Config:
     _no_unknown_keys(raw, TOP_KEYS, path, "top level")
     cpu = None
     if raw.get("cpuBudget") is not None:
+        if isinstance(raw["cpuBudget"], bool):
+            raise ConfigError(path, "cpuBudget",
+                              f"must be a CPU quantity, got {raw['cpuBudget']!r}")
         try:
             cpu = parse_cpu(raw["cpuBudget"])
-        except QuantityError as e:
+        except (QuantityError, OverflowError, ValueError) as e:
             raise ConfigError(path, "cpuBudget", str(e)) from None
         if not cpu > 0:
             raise ConfigError(path, "cpuBudget", f"must be > 0 cores, got {raw['cpuBudget']!r}")
+        # the plan contract's bounds: the same node budget a cluster could ask for
+        why = SPEC_BOUNDS["cpuBudgetCores"].problem(cpu)
+        if why:
+            raise ConfigError(path, "cpuBudget", f"{why} (cores)")
     rescan = _seconds(raw, "rescanInterval", DEFAULT_RESCAN_SECONDS, path, minimum=0.1)
     summary = _seconds(raw, "summaryInterval", DEFAULT_SUMMARY_SECONDS, path, minimum=0.0)
     entries_raw = raw.get("cgroups")
@@ -150,17 +162,23 @@ def _entry(index: int, e: Any, path: pathlib.Path) -> Entry:
             percent = float(raw_high.strip()[:-1])
         except ValueError:
             raise fail("memoryHigh", f"not a percentage: {raw_high!r}") from None
-        if not 0 < percent <= 100:
-            raise fail("memoryHigh", f"percent of memory.max must be in (0, 100], got {raw_high}")
+        if not 0.01 <= percent <= 100:   # (nan fails this too)
+            raise fail("memoryHigh",
+                       f"percent of memory.max must be in [0.01, 100], got {raw_high}")
     elif raw_high is not None:
+        if isinstance(raw_high, bool):
+            raise fail("memoryHigh", f"must be bytes or a quantity, got {raw_high!r}")
         try:
             high = parse_bytes(raw_high)
-        except QuantityError as err:
+        except (QuantityError, OverflowError, ValueError) as err:
             raise fail("memoryHigh", f"{err} (bytes, a quantity such as 256Mi, or a "
                                      'percentage of memory.max such as "90%")') from None
         if high < 1 << 20:
             raise fail("memoryHigh", f"must be at least 1Mi, got {raw_high!r}")
         high = page_align_down(high)
+        why = ENTRY_BOUNDS["memoryHigh"].problem(high)   # the plan contract: within int64
+        if why:
+            raise fail("memoryHigh", f"{why} (bytes, from {raw_high!r})")
     dry = e.get("dryRun", False)
     if not isinstance(dry, bool):
         raise fail("dryRun", f"must be true or false, got {dry!r}")
@@ -169,15 +187,42 @@ def _entry(index: int, e: Any, path: pathlib.Path) -> Entry:
         raise fail("reclaim", "must be a mapping")
     if reclaim:
         _no_unknown_keys(reclaim, RECLAIM_KEYS, path, "reclaim", index, glob)
+    for name in ("stepSize", "maxBytesPerSecond"):   # a quantity of Infinity, 1e999
+        if reclaim and reclaim.get(name) is not None:
+            try:
+                parse_bytes(reclaim[name])
+            except (OverflowError, ValueError) as err:
+                raise fail(f"reclaim.{name}", f"not a byte quantity: {err}") from None
     try:
         spec = parse_reclaim_block(reclaim)  # the policy API's own validation
     except PolicyError as err:
         field, _, problem = err.message.removeprefix("spec.").partition(" ")
         raise fail(field.rstrip(":"), problem) from None
+    except (OverflowError, ValueError) as err:   # e.g. a quantity of Infinity
+        raise fail("reclaim", str(err)) from None
+    # ... and the plan contract's bounds on what comes out (the same the agent applies
+    # to a cluster's plan): nothing past int64, no nan, no bool taken for a number
+    for name, value in (("stepSize", page_align_down(spec.step_bytes)),
+                        ("maxBytesPerSecond", page_align_down(spec.max_bytes_per_second)),
+                        ("headroomPercent", spec.headroom_percent),
+                        ("targetPercent", spec.target_percent),
+                        ("swappiness", spec.swappiness),
+                        ("pressureTargetPercent", spec.pressure_target_percent)):
+        contract = {"stepSize": "stepBytes"}.get(name, name)
+        raw_value = (reclaim or {}).get(name)
+        if value is None:
+            continue
+        why = (f"must be a number, got {raw_value!r}" if isinstance(raw_value, bool)
+               else ENTRY_BOUNDS[f"reclaim.{contract}"].problem(
+                   float(value) if not isinstance(value, int) else value))
+        if why:
+            raise fail(f"reclaim.{name}", why)
     settings = ReclaimSettings(
         mode=spec.mode, headroom_percent=float(spec.headroom_percent),
-        target_percent=float(spec.target_percent), step_bytes=spec.step_bytes,
-        max_bytes_per_second=spec.max_bytes_per_second, swappiness=spec.swappiness,
+        target_percent=float(spec.target_percent),
+        step_bytes=page_align_down(spec.step_bytes),
+        max_bytes_per_second=page_align_down(spec.max_bytes_per_second),
+        swappiness=spec.swappiness,
         pressure_target_percent=float(spec.pressure_target_percent),
         livelock_guard=spec.livelock_guard)
     return Entry(index, glob.strip(), high, percent, settings, dry)
