@@ -36,10 +36,12 @@ log = logging.getLogger("headroom.planstate")
 def plan_essentials(plan: Mapping[str, Any]) -> dict[str, Any]:
     """What of a NodeReclaimPlan object is worth keeping: name, generation,
     resourceVersion and spec (status is the agent's own output)."""
-    meta = plan.get("metadata") or {}
+    meta = plan.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+    spec = plan.get("spec")
     return {
         "metadata": {k: meta[k] for k in ("name", "generation", "resourceVersion") if k in meta},
-        "spec": plan.get("spec") or {},
+        "spec": spec if isinstance(spec, Mapping) else {},   # (found by the property tests)
     }
 
 
