@@ -183,3 +183,23 @@ def test_journal_keeps_only_the_last_two_values_and_leaves_no_temp_files(tmp_pat
     assert j.get("k") == originals.Saved(None, "/p", (2 * 4096, 3 * 4096))
     assert originals.OriginalsJournal(tmp_path).entries() == j.entries()
     assert os.listdir(tmp_path) == [originals.FILE]
+
+
+def test_a_failed_first_takeover_keeps_the_saved_original(fake_kernel, tmp_path):
+    """The cgroup is missing when the restarted agent first looks; it appears later
+    (with the earlier run's value in it): the saved original still wins."""
+    fake_kernel.tree.add("a", high=300 * MiB)
+    first = engine(fake_kernel, tmp_path)
+    first.set_targets([target(fake_kernel, "a")])
+    del first                                     # crash, memory.high is 128Mi
+    saved = (tmp_path / originals.FILE).read_bytes()
+    fake_kernel.tree.path("a").rename(fake_kernel.tree.path("a-away"))
+    second = engine(fake_kernel, tmp_path)
+    second.set_targets([target(fake_kernel, "a")])
+    assert second.snapshot()["a"].reason == "CgroupNotFound"
+    assert (tmp_path / originals.FILE).read_bytes() == saved
+    fake_kernel.tree.path("a-away").rename(fake_kernel.tree.path("a"))
+    second.set_targets([target(fake_kernel, "a")])   # retried
+    assert second.snapshot()["a"].original_memory_high == 300 * MiB
+    second.stop(restore=True)
+    assert fake_kernel.tree.high("a") == str(300 * MiB)

@@ -115,7 +115,8 @@ class MemoryHighOwner:
             hs.seen_events, hs.seen_full_us = prev.high.seen_events, prev.high.seen_full_us
         else:
             hs.seen_events, hs.seen_full_us = st.events_base, _full_us(st.cg)
-        if prev is None and (saved := self.journal.get(st.key)) is not None:
+        if not hs.has_original and (saved := self.journal.get(st.key)) is not None:
+            # first takeover, or a retry of one that failed before reading memory.high
             hs.has_original, hs.original = True, saved.original
             found = st.cg.read_high()
             if self._adopt_leftovers and found is not None and found in saved.ours:

@@ -86,3 +86,38 @@ def test_standalone_agent_applies_rescans_and_restores(make_cgroup, cgroup_root:
     assert not [e for e in logs if e["level"] == "error"], stderr
     taken = {e["key"] for e in logs if e["msg"] == "target_added"}
     assert {first.name, second.name} <= taken
+
+
+def test_sigkilled_agent_never_loses_the_owners_value(make_cgroup, cgroup_root: Path,
+                                                      tmp_path: Path) -> None:
+    """Issue 13 item 6, as measured there: the owner set 300 MiB, the agent holds 64 MiB,
+    is SIGKILLed three times and restarted, then stopped cleanly: 300 MiB is back."""
+    cg = make_cgroup("sa-kill")
+    (cg / "memory.high").write_text(f"{300 * MiB}\n")
+    cfg = _config(tmp_path / "headroom.yaml", cg.name)
+    log = tmp_path / "agent.log"
+    for _ in range(3):
+        with log.open("w") as logf:
+            agent = subprocess.Popen(_agent(cfg, cgroup_root), stdout=subprocess.DEVNULL,
+                                     stderr=logf, text=True)
+            try:
+                _wait_for("this run's takeover", lambda: '"target_added"' in log.read_text(),
+                          agent)
+            finally:
+                agent.kill()
+                agent.wait()
+        assert _high_text(cg) == str(64 * MiB)      # nothing restored by a killed agent
+    agent = subprocess.Popen(_agent(cfg, cgroup_root), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        _wait_for("the last takeover", lambda: _high_text(cg) == str(64 * MiB), agent)
+        time.sleep(2.0)                               # the signal handler is installed by now
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=120)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    assert agent.returncode == 0, stderr
+    assert _high_text(cg) == str(300 * MiB), stderr
