@@ -107,17 +107,16 @@ def test_sigkilled_agent_never_loses_the_owners_value(make_cgroup, cgroup_root: 
                 agent.kill()
                 agent.wait()
         assert _high_text(cg) == str(64 * MiB)      # nothing restored by a killed agent
-    agent = subprocess.Popen(_agent(cfg, cgroup_root), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.5)
-        _wait_for("the last takeover", lambda: _high_text(cg) == str(64 * MiB), agent)
-        time.sleep(2.0)                               # the signal handler is installed by now
-        agent.send_signal(signal.SIGTERM)
-        _, stderr = agent.communicate(timeout=120)
-    finally:
-        if agent.poll() is None:
-            agent.kill()
-            agent.wait()
-    assert agent.returncode == 0, stderr
-    assert _high_text(cg) == str(300 * MiB), stderr
+    with log.open("w") as logf:
+        agent = subprocess.Popen(_agent(cfg, cgroup_root), stdout=subprocess.DEVNULL,
+                                 stderr=logf, text=True)
+        try:   # memory.high is 64 MiB already: wait until this run has taken it over
+            _wait_for("the last takeover", lambda: '"target_added"' in log.read_text(), agent)
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=120)
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+    assert agent.returncode == 0, log.read_text()
+    assert _high_text(cg) == str(300 * MiB), log.read_text()
