@@ -18,6 +18,9 @@ VALUE_SETS: dict[str, dict[str, str]] = {
     "defaults": {},
     "metrics-off": {"metrics.enabled": "false"},
     "servicemonitor-on": {"metrics.serviceMonitor.enabled": "true"},
+    "monitoring-on": {"metrics.podMonitor.enabled": "true",
+                      "metrics.prometheusRule.enabled": "true",
+                      "metrics.dashboard.enabled": "true"},
     "custom-image": {"image.repository": "registry.example/headroom", "image.tag": "1.2.3"},
     "no-probes": {"operator.livenessProbe.enabled": "false",
                   "agent.livenessProbe.enabled": "false",
@@ -27,7 +30,7 @@ VALUE_SETS: dict[str, dict[str, str]] = {
                  "crds.managed": "true", "agent.nodeRestriction.enabled": "auto"},
 }
 # Kinds that are not part of Kubernetes itself (their own CRDs define them).
-NOT_IN_KUBERNETES = {"ServiceMonitor"}
+NOT_IN_KUBERNETES = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 # The oldest Kubernetes the node-restriction policy renders for, and the newest known.
 KUBERNETES_VERSIONS = ["1.30", kubernetes_validate.latest_version()]
 

@@ -4,6 +4,7 @@ helm lint over these values."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,33 @@ def test_schema_rejects_bad_platform_values(helm: Path, values: dict[str, str],
                                             needle: str) -> None:
     proc = run_helm(helm, *template_args(values))
     assert proc.returncode != 0 and needle in proc.stderr, proc.stderr
+
+
+def test_monitors_honor_labels_and_scrape_agent_and_operator(helm: Path) -> None:
+    docs = render(helm, {"metrics.serviceMonitor.enabled": "true",
+                         "metrics.podMonitor.enabled": "true"})
+    sm = one(docs, "ServiceMonitor")
+    assert [e["honorLabels"] for e in sm["spec"]["endpoints"]] == [True]
+    selected = [s for s in by_kind(docs, "Service")
+                if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+    assert sorted(s["metadata"]["name"] for s in selected) == [
+        "hr-headroom-agent-metrics", "hr-headroom-operator"]
+    for s in selected:
+        assert "metrics" in [p["name"] for p in s["spec"]["ports"]]
+    operator = container(one(docs, "Deployment"))
+    assert "metrics" in [p["name"] for p in operator["ports"]]
+    assert {e["name"]: e.get("value") for e in operator["env"]}["HEADROOM_METRICS_PORT"] == "9808"
+    pm = one(docs, "PodMonitor")
+    assert pm["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
+    components = pm["spec"]["selector"]["matchExpressions"][2]["values"]
+    assert components == ["agent", "operator"]
+    off = render(helm, {"metrics.enabled": "false"})
+    assert "metrics" not in [p["name"] for p in container(one(off, "Deployment"))["ports"]]
+
+
+def test_dashboard_configmap_carries_the_shipped_json(helm: Path) -> None:
+    assert not by_kind(render(helm), "ConfigMap")
+    cm = one(render(helm, {"metrics.dashboard.enabled": "true"}), "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = (CHART / "dashboards" / "headroom.json").read_text()
+    assert json.loads(cm["data"]["headroom.json"]) == json.loads(shipped)

@@ -13,6 +13,9 @@ LINT_VALUE_SETS: dict[str, dict[str, str]] = {
     "defaults": {},
     "metrics-off": {"metrics.enabled": "false"},
     "servicemonitor-on": {"metrics.serviceMonitor.enabled": "true"},
+    "monitoring-on": {"metrics.podMonitor.enabled": "true",
+                      "metrics.prometheusRule.enabled": "true",
+                      "metrics.dashboard.enabled": "true"},
     "custom-image": {"image.repository": "registry.example/headroom", "image.tag": "1.2.3"},
 }
 

@@ -19,11 +19,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from headroom import __version__
+
 TARGET_LABELS = ("namespace", "pod", "target")
+
+# `*_created` series double the series count for nothing a dashboard uses.
+prometheus_client.disable_created_metrics()
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,11 @@ class AgentMetrics:
         self._samples: Callable[[], Iterable[TargetSample]] = list
         self._capabilities: Callable[[], Any] = lambda: None
         self.registry.register(_TargetCollector(self))
+        # the process' CPU, memory and file descriptors (process_*), and which version runs
+        ProcessCollector(registry=self.registry)
+        Gauge("headroom_build_info", "headroom version of this process; always 1.",
+              ["version", "component"], registry=self.registry).labels(
+                  version=__version__, component="agent").set(1)
         self.status_writes = Counter("headroom_status_writes", "Plan status writes by result.",
                                      ["result"], registry=self.registry)
         self.events = Counter("headroom_events", "Kubernetes Events posted, by reason.",
