@@ -49,6 +49,8 @@ __all__ = ["IncrementalResolver"]
 SortKey = tuple[int, int, str, str, str]   # (-priority, cluster?, kind, namespace, name)
 PodKey = tuple[str, str]      # (namespace, name)
 Selected = tuple[SortKey, "_PolicyState"]   # a policy selecting a pod, sortable
+# a plan entry on its node: ((namespace, name, uid), entry, cpu budget of its policy)
+_Placed = tuple[tuple[str, str, str], dict[str, Any], float | None]
 
 _intern = sys.intern
 
@@ -148,8 +150,8 @@ class IncrementalResolver:
         self._by_node: dict[str, set[int]] = {}       # active pods, known node or not
         self._ns_labels: dict[str, dict[str, str]] = {}
         self._nodes: set[str] = set()
-        # per node: slot -> (entry, cpu budget of its policy)
-        self._entries: dict[str, dict[int, tuple[dict[str, Any], float | None]]] = {}
+        # per node: slot -> (sort key, entry, cpu budget of its policy)
+        self._entries: dict[str, dict[int, _Placed]] = {}
         self._facts: dict[str, tuple[PodMemory, str]] = {}
         self._dirty_nodes: set[str] = set()
         self._dirty_policies: set[_PolicyState] = set()
@@ -332,11 +334,10 @@ class IncrementalResolver:
         if entries is None:
             return None
         spec: dict[str, Any] = {"nodeName": node}
-        budgets = [b for _, b in entries.values() if b is not None]
+        budgets = [b for _, _, b in entries.values() if b is not None]
         if budgets:
             spec["cpuBudgetCores"] = min(budgets)
-        spec["pods"] = sorted((e for e, _ in entries.values()),
-                              key=lambda e: (e["namespace"], e["name"], e["uid"]))
+        spec["pods"] = [e for _, e, _ in sorted(entries.values(), key=_first)]
         return spec
 
     def policy_refs(self) -> list[PolicyRef]:
@@ -566,13 +567,17 @@ class IncrementalResolver:
             new_w.skipped[i] = skip
         elif entry is not None:
             new_w.nodes[node] = new_w.nodes.get(node, 0) + 1
-            self._entries[node][i] = (entry, budget)
+            self._entries[node][i] = ((pod.ns, pod.name, pod.uid), entry, budget)
             self._dirty_nodes.add(node)
         for r in rivals or ():
             new_w.rivals[r] = new_w.rivals.get(r, 0) + 1
             r.rivals[new_w] = r.rivals.get(new_w, 0) + 1
             dirty_p.add(r)
         dirty_p.add(new_w)
+
+
+def _first(item: tuple[Any, ...]) -> Any:
+    return item[0]
 
 
 def _dec(counts: dict[Any, int], key: Any) -> None:
