@@ -218,7 +218,7 @@ def test_parse_cluster_policy_ignores_namespace_and_needs_namespace_selector() -
     ({"selector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}},
      "InvalidSelector", "operator"),
     ({"memoryHigh": {"bytes": "3GB"}}, "InvalidQuantity", "memoryHigh.bytes"),
-    ({"memoryHigh": {"bytes": "512Ki"}}, "InvalidQuantity", "at least"),
+    ({"memoryHigh": {"bytes": "512Ki"}}, "InvalidQuantity", "between 1048576"),
     ({"memoryHigh": {"bytes": "1Gi", "throttlingFactor": 0.5}}, "InvalidSpec", "exactly one"),
     ({"reclaim": {"mode": False}}, "InvalidSpec", '"Off" in quotes'),
     ({"reclaim": {"stepSize": "1Ki"}}, "InvalidQuantity", "stepSize"),

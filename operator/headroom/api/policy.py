@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from headroom.api import syntax
 from headroom.api.plan import (
     DEFAULT_HEADROOM_PERCENT,
     DEFAULT_MAX_BYTES_PER_SECOND,
     DEFAULT_PRESSURE_TARGET_PERCENT,
     DEFAULT_STEP_BYTES,
     DEFAULT_TARGET_PERCENT,
+    MAX_BYTES,
+    MAX_CPU_BUDGET_CORES,
     MIN_CPU_BUDGET_CORES,
     MIN_MEMORY_HIGH,
 )
@@ -153,15 +156,47 @@ def _number(spec: Mapping[str, Any], key: str, field: str, default: Any,
 
 
 def _bytes(spec: Mapping[str, Any], key: str, field: str, default: int, minimum: int) -> int:
+    """A byte quantity within the plan's bounds, page aligned down (>= minimum after)."""
     if key not in spec:
         return default
+    v = spec[key]
+    if isinstance(v, bool) or not isinstance(v, int | str):
+        raise PolicyError("InvalidQuantity", f"{field} must be an integer or a quantity "
+                          f"string, got {v!r}")
+    if isinstance(v, str) and not syntax.is_bytes_quantity(v):
+        raise PolicyError("InvalidQuantity", f"{field}: Invalid value: {_short(v)}: "
+                          f"{syntax.BYTES_MESSAGE}")
     try:
-        n = parse_bytes(spec[key])
+        n = parse_bytes(v)
     except QuantityError as e:
         raise PolicyError("InvalidQuantity", f"{field}: {e}") from None
-    if n < minimum:
-        raise PolicyError("InvalidQuantity", f"{field} must be at least {minimum} bytes, got {n}")
-    return n
+    if not minimum <= n <= MAX_BYTES:
+        raise PolicyError("InvalidQuantity", f"{field} must be between {minimum} and "
+                          f"{MAX_BYTES} bytes, got {_short(v)}")
+    return page_align_down(n)
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _cpu(raw: Any, field: str) -> float:
+    """nodeCpuBudget: 1m .. MAX_CPU_BUDGET_CORES, millicore grain."""
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise PolicyError("InvalidQuantity", f"{field} must be an integer or a quantity "
+                          f"string such as 500m, got {_short(raw)}")
+    if isinstance(raw, str) and not syntax.is_cpu_quantity(raw):
+        raise PolicyError("InvalidQuantity", f"{field}: Invalid value: {_short(raw)}: "
+                          f"{syntax.CPU_MESSAGE}")
+    try:
+        cores = float(parse(raw))
+    except QuantityError as e:
+        raise PolicyError("InvalidQuantity", f"{field}: {e}") from None
+    if not MIN_CPU_BUDGET_CORES <= cores <= MAX_CPU_BUDGET_CORES:
+        raise PolicyError("InvalidQuantity", f"{field}: Invalid value: {_short(raw)}: "
+                          f"{syntax.CPU_MESSAGE}")
+    return cores
 
 
 def _memory_high(raw: Any) -> MemoryHigh:
@@ -172,8 +207,8 @@ def _memory_high(raw: Any) -> MemoryHigh:
         raise PolicyError("InvalidSpec", "spec.memoryHigh needs exactly one of bytes, "
                           f"limitPercent, throttlingFactor (got {', '.join(forms) or 'none'})")
     if forms[0] == "bytes":
-        n = page_align_down(_bytes(raw, "bytes", "spec.memoryHigh.bytes", 0, MIN_MEMORY_HIGH))
-        return MemoryHigh(bytes=n)
+        return MemoryHigh(bytes=_bytes(raw, "bytes", "spec.memoryHigh.bytes", 0,
+                                       MIN_MEMORY_HIGH))
     if forms[0] == "limitPercent":
         p = _number(raw, "limitPercent", "spec.memoryHigh.limitPercent", None, 1, 100)
         return MemoryHigh(limit_percent=Decimal(str(p)))
@@ -201,12 +236,7 @@ def _reclaim(raw: Any) -> ReclaimSpec:
                           f"< 100, got {headroom} and {target}")
     budget: float | None = None
     if raw.get("nodeCpuBudget") is not None:
-        try:
-            budget = float(parse(raw["nodeCpuBudget"]))
-        except QuantityError as e:
-            raise PolicyError("InvalidQuantity", f"{f}nodeCpuBudget: {e}") from None
-        if budget < MIN_CPU_BUDGET_CORES:
-            raise PolicyError("InvalidQuantity", f"{f}nodeCpuBudget must be at least 1m")
+        budget = _cpu(raw["nodeCpuBudget"], f + "nodeCpuBudget")
     guard = raw.get("livelockGuard", True)
     if not isinstance(guard, bool):
         raise PolicyError("InvalidSpec", f"{f}livelockGuard must be a boolean, got {guard!r}")

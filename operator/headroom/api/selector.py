@@ -8,9 +8,12 @@ everything.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from headroom.api import syntax
 
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
@@ -94,41 +97,83 @@ class LabelSelector:
         return result
 
 
-def _string(value: Any, what: str) -> str:
+def _key(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
-        raise SelectorError(f"{what} must be a non-empty string, got {value!r}")
+        raise SelectorError(f"{where}: must be a non-empty string, got {value!r}")
+    if not syntax.is_label_key(value):
+        raise SelectorError(f"{where}: Invalid value: {_quoted(value)}: "
+                            f"{syntax.LABEL_KEY_MESSAGE}")
     return value
 
 
+def _value(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        hint = " (a null value would select every pod)" if value is None else ""
+        raise SelectorError(f"{where}: must be a string, got {value!r}{hint}")
+    if not syntax.is_label_value(value):
+        raise SelectorError(f"{where}: Invalid value: {_quoted(value)}: "
+                            f"{syntax.LABEL_VALUE_MESSAGE}")
+    return value
+
+
+def _quoted(value: str) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + '..."'
+
+
 def compile_selector(raw: Any, field: str = "selector") -> LabelSelector:
-    """Validate and compile a raw selector dict. Raises SelectorError with the field path."""
+    """Validate and compile a raw selector dict as Kubernetes validates a LabelSelector
+    (qualified-name keys, label-syntax values, operators and their values), within the
+    size bounds of the CRD. Raises SelectorError with the field path."""
     if raw is None:
         raise SelectorError(f"{field} is required ({{}} selects everything)")
     if not isinstance(raw, Mapping):
         raise SelectorError(f"{field} must be an object, got {type(raw).__name__}")
+    unknown = sorted(str(k) for k in raw if k not in ("matchLabels", "matchExpressions"))
+    if unknown:
+        raise SelectorError(f"{field}.{unknown[0]}: unknown field")
     reqs: list[Requirement] = []
-    match_labels = raw.get("matchLabels") or {}
+    match_labels = raw.get("matchLabels")
+    if match_labels is None:
+        match_labels = {}
     if not isinstance(match_labels, Mapping):
         raise SelectorError(f"{field}.matchLabels must be an object")
+    if len(match_labels) > syntax.MAX_MATCH_LABELS:
+        raise SelectorError(f"{field}.matchLabels: Too many: {len(match_labels)}: must have "
+                            f"at most {syntax.MAX_MATCH_LABELS} labels")
     for k, v in match_labels.items():
-        _string(k, f"{field}.matchLabels key")
-        if not isinstance(v, str):
-            raise SelectorError(f"{field}.matchLabels[{k}] must be a string, got {v!r}")
+        _key(k, f"{field}.matchLabels")
+        _value(v, f"{field}.matchLabels[{k}]")
         reqs.append(Requirement(k, "In", frozenset([v])))
-    exprs = raw.get("matchExpressions") or []
+    exprs = raw.get("matchExpressions")
+    if exprs is None:
+        exprs = []
     if not isinstance(exprs, list | tuple):
         raise SelectorError(f"{field}.matchExpressions must be a list")
+    if len(exprs) > syntax.MAX_MATCH_EXPRESSIONS:
+        raise SelectorError(f"{field}.matchExpressions: Too many: {len(exprs)}: must have at "
+                            f"most {syntax.MAX_MATCH_EXPRESSIONS} items")
     for i, e in enumerate(exprs):
         where = f"{field}.matchExpressions[{i}]"
         if not isinstance(e, Mapping):
             raise SelectorError(f"{where} must be an object")
-        key = _string(e.get("key"), f"{where}.key")
+        extra = sorted(str(k) for k in e if k not in ("key", "operator", "values"))
+        if extra:
+            raise SelectorError(f"{where}.{extra[0]}: unknown field")
+        key = _key(e.get("key"), f"{where}.key")
         op = e.get("operator")
         if op not in OPERATORS:
             raise SelectorError(f"{where}.operator {op!r} is not one of {', '.join(OPERATORS)}")
-        values = e.get("values") or []
-        if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
+        values = e.get("values")
+        if values is None:
+            values = []
+        if not isinstance(values, list | tuple):
             raise SelectorError(f"{where}.values must be a list of strings")
+        if len(values) > syntax.MAX_EXPRESSION_VALUES:
+            raise SelectorError(f"{where}.values: Too many: {len(values)}: must have at most "
+                                f"{syntax.MAX_EXPRESSION_VALUES} items")
+        for j, v in enumerate(values):
+            _value(v, f"{where}.values[{j}]")
         if op in ("In", "NotIn") and not values:
             raise SelectorError(f"{where}: operator {op} needs at least one value")
         if op in ("Exists", "DoesNotExist") and values:
