@@ -8,11 +8,13 @@ watch), so that restarts and bursts of unrelated events cost no writes.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from headroom.api import GROUP, VERSION
+from headroom.api import plan as plan_contract
 from headroom.controller.resolve import PolicyRef, PolicyReport
 
 PLAN_KIND = "NodeReclaimPlan"
@@ -101,4 +103,64 @@ def active_pod_nodes(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         phase = (pod.get("status") or {}).get("phase")
         if node and phase not in ("Succeeded", "Failed"):
             out[pod["metadata"]["uid"]] = node
+    return out
+
+
+# ---- isolation: a bad entry hurts only its own policy ------------------------------------
+
+def check_entries(plans: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """canonical(policy ref) -> why, for every policy with an entry that fails the plan
+    contract (headroom.api.plan) in `plans`. Pure; the first problem found is reported."""
+    bad: dict[str, str] = {}
+    for node, spec in plans.items():
+        for entry in spec.get("pods") or ():
+            problems = plan_contract.entry_problems(entry)
+            if problems:
+                key = canonical(entry.get("policy") if isinstance(entry, Mapping) else None)
+                bad.setdefault(key, f"the plan entry of pod {entry.get('namespace')}/"
+                                    f"{entry.get('name')} on node {node} is out of bounds: "
+                                    f"{problems[0]}")
+    return bad
+
+
+def quarantine(plans: Mapping[str, Mapping[str, Any]], bad: Collection[str],
+               current: Mapping[str, Mapping[str, Any] | None],
+               active_pods: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Plans in which the policies in `bad` (canonical refs) change nothing: their new
+    entries are left out and their entries on the server (the last good ones, if still
+    valid and the pod still runs on that node) are kept. Every other entry is as given."""
+    if not bad:
+        return {node: dict(spec) for node, spec in plans.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for node, spec in plans.items():
+        pods = [e for e in spec.get("pods") or () if canonical(e.get("policy")) not in bad]
+        taken = {e.get("uid") for e in pods}
+        for e in (current.get(node) or {}).get("pods") or ():
+            if isinstance(e, Mapping) and canonical(e.get("policy")) in bad \
+                    and e.get("uid") not in taken and active_pods.get(e.get("uid")) == node \
+                    and not plan_contract.entry_problems(e):
+                pods.append(e)
+                taken.add(e.get("uid"))
+        out[node] = {**spec, "pods": sorted(pods, key=_pod_sort_key)}
+    return out
+
+
+_ENTRY_FIELD = re.compile(r"^spec\.pods\[(\d+)\]")
+
+
+def rejected_policies(causes: Sequence[Mapping[str, Any]],
+                      spec: Mapping[str, Any]) -> dict[str, str]:
+    """canonical(policy ref) -> the server's message, for the entries of `spec` that a 422
+    names (`details.causes[].field` = "spec.pods[3].memoryHigh" and the like). Causes
+    that name no entry are left out: the caller then cannot isolate them."""
+    pods = list(spec.get("pods") or ())
+    out: dict[str, str] = {}
+    for cause in causes:
+        m = _ENTRY_FIELD.match(str(cause.get("field") or ""))
+        if m and int(m.group(1)) < len(pods):
+            entry = pods[int(m.group(1))]
+            out.setdefault(canonical(entry.get("policy")),
+                           f"the API server refused the plan entry of pod "
+                           f"{entry.get('namespace')}/{entry.get('name')}: "
+                           f"{cause.get('message') or cause.get('field')}")
     return out

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from kubernetes.client.exceptions import ApiException
 
 from headroom.controller import plans as plans_mod
 from headroom.controller import status as status_mod
@@ -54,6 +57,25 @@ def _rv(obj: Mapping[str, Any] | None) -> int | None:
         return None
 
 
+def _generations(snap: Snapshot) -> dict[str, int | None]:
+    """canonical policy ref -> metadata.generation, for every policy in the snapshot."""
+    out = {}
+    for obj in (*snap.policies, *snap.cluster_policies):
+        gen = obj["metadata"].get("generation")
+        out[canonical(policy_ref(obj).to_dict())] = gen if isinstance(gen, int) else None
+    return out
+
+
+def _causes(e: ApiException) -> list[dict[str, Any]]:
+    """details.causes of a Status in an ApiException's body ([] when there are none)."""
+    try:
+        body = json.loads(e.body) if isinstance(e.body, str | bytes) else {}
+        causes = (body.get("details") or {}).get("causes") or []
+        return [c for c in causes if isinstance(c, dict)]
+    except (ValueError, AttributeError):
+        return []
+
+
 def policy_ref(obj: Mapping[str, Any]) -> PolicyRef:
     meta = obj["metadata"]
     kind = NAMESPACED_KIND if meta.get("namespace") else CLUSTER_KIND
@@ -61,13 +83,29 @@ def policy_ref(obj: Mapping[str, Any]) -> PolicyRef:
 
 
 def decide(snap: Snapshot, known_specs: Mapping[str, Mapping[str, Any] | None],
-           known_status: Mapping[PolicyRef, Mapping[str, Any] | None], now: str) -> Decisions:
-    """Pure: the writes that bring the cluster to what the policies say."""
+           known_status: Mapping[PolicyRef, Mapping[str, Any] | None], now: str,
+           rejected: Mapping[str, str] | None = None) -> Decisions:
+    """Pure: the writes that bring the cluster to what the policies say.
+
+    `rejected`: canonical policy ref -> message, for policies whose plan entries the API
+    server refused (a 422 naming the entry). Those, and every policy with an entry that
+    fails the plan contract, change no plan: their pods keep their last good entries
+    (or stay out), the policy is Valid=False, and every other policy's pods go on."""
     res = resolve(snap.policies, snap.cluster_policies, snap.pods, snap.namespaces,
                   nodes=snap.nodes)
     current = {node: spec for node, spec in known_specs.items() if spec is not None}
-    desired = plans_mod.freeze_invalid(res.plans, res.policies, current,
-                                       plans_mod.active_pod_nodes(snap.pods))
+    active = plans_mod.active_pod_nodes(snap.pods)
+    desired = plans_mod.freeze_invalid(res.plans, res.policies, current, active)
+    bad = {key: ("InvalidPlanEntry", why) for key, why in plans_mod.check_entries(desired).items()}
+    for key, why in (rejected or {}).items():
+        bad.setdefault(key, ("PlanRejected", why))
+    if bad:
+        for ref, report in res.policies.items():
+            reason_why = bad.get(canonical(ref.to_dict()))
+            if reason_why and report.valid:
+                report.valid = False
+                report.reason, report.message = reason_why
+        desired = plans_mod.quarantine(desired, set(bad), current, active)
     actions = plans_mod.plan_actions(desired, current)
     outcomes = status_mod.plan_outcomes(snap.plans)
     entries = status_mod.pods_by_policy(desired)
@@ -107,6 +145,9 @@ class Reconciler:
         self.metrics: Any = None                 # controller.metrics.OperatorMetrics
         self._plans: dict[str, _Written] = {}
         self._statuses: dict[PolicyRef, _Written] = {}
+        # canonical policy ref -> (message, policy generation) of plan entries the API
+        # server refused; forgotten when the policy changes (or goes)
+        self._rejected: dict[str, tuple[str, int | None]] = {}
 
     def poke(self) -> None:
         self.dirty.set()
@@ -169,7 +210,12 @@ class Reconciler:
         snap = self.snapshot()
         specs, statuses = self._known(snap)
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        decisions = await asyncio.to_thread(decide, snap, specs, statuses, now)
+        generations = _generations(snap)
+        self._rejected = {k: v for k, v in self._rejected.items()
+                          if k in generations and generations[k] == v[1]}
+        rejected = {k: msg for k, (msg, _) in self._rejected.items()}
+        decisions = await asyncio.to_thread(decide, snap, specs, statuses, now, rejected)
+        self._generations = generations
         decided = time.monotonic() - started
         nodes = {n["metadata"]["name"]: n for n in snap.nodes}
         by_ref = {policy_ref(p): p for p in (*snap.policies, *snap.cluster_policies)}
@@ -209,11 +255,24 @@ class Reconciler:
             self._plans[action.node] = _Written(_rv(resp) or 0, None)
             return
         assert action.spec is not None
-        if action.verb == "create":
-            body = plans_mod.plan_body(nodes[action.node], action.spec)
-            resp = await self.client.create_plan(body)
-        else:
-            resp = await self.client.replace_plan_spec(action.node, dict(action.spec))
+        try:
+            if action.verb == "create":
+                body = plans_mod.plan_body(nodes[action.node], action.spec)
+                resp = await self.client.create_plan(body)
+            else:
+                resp = await self.client.replace_plan_spec(action.node, dict(action.spec))
+        except ApiException as e:
+            if e.status != 422:
+                raise
+            refused = plans_mod.rejected_policies(_causes(e), action.spec)
+            for key, why in refused.items():
+                self._rejected[key] = (why, getattr(self, "_generations", {}).get(key))
+                log.warning("plan of node %s refused because of policy %s: %s",
+                            action.node, key, why)
+            if not refused:
+                log.warning("plan of node %s refused and no entry named: %s",
+                            action.node, e.body)
+            raise
         self._plans[action.node] = _Written(_rv(resp) or 0, action.spec)
 
     async def _write_status(self, ref: PolicyRef, status: dict[str, Any]) -> None:
