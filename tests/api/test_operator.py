@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from typing import Any
 
@@ -179,3 +180,53 @@ def test_operator_as_a_subprocess(cluster: Cluster,
     assert operator_process.poll() is None
     out = cluster.kubectl("get", "memoryreclaimpolicies").stdout
     assert "web" in out
+
+
+HOSTILE = {   # issue 13: values that once froze every tenant's plan on a node
+    "bytes-8ei": {"memoryHigh": {"bytes": "8Ei"}},
+    "bytes-99999999999ei": {"memoryHigh": {"bytes": "99999999999Ei"}},
+    "bytes-1e100": {"memoryHigh": {"bytes": "1e100"}},
+    "step-1e100": {"memoryHigh": {"limitPercent": 50}, "reclaim": {"stepSize": "1e100"}},
+    "rate-8ei": {"memoryHigh": {"limitPercent": 50}, "reclaim": {"maxBytesPerSecond": "8Ei"}},
+    "cpu-400-digits": {"memoryHigh": {"limitPercent": 50},
+                       "reclaim": {"nodeCpuBudget": "9" * 400}},
+    "cpu-million": {"memoryHigh": {"limitPercent": 50}, "reclaim": {"nodeCpuBudget": "1000000"}},
+}
+
+
+def _lenient(schema: Any) -> Any:
+    """The policy schema without patterns, lengths and CEL rules: a server that lets the
+    hostile values through (an old CRD), so that the operator alone must hold."""
+    if isinstance(schema, dict):
+        return {k: _lenient(v) for k, v in schema.items()
+                if k not in ("pattern", "maxLength", "x-kubernetes-validations")}
+    return schema
+
+
+def test_a_bystander_is_updated_and_restored_while_hostile_policies_exist(
+        cluster: Cluster, operator: OperatorThread) -> None:
+    rt = cluster.rtype("memoryreclaimpolicies")
+    rt.schema = _lenient(rt.schema)
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tenant"}})
+    cluster.apply([node("node-1"),
+                   pod("web-0", "node-1", {"app": "web"}),
+                   *(pod(f"victim-{i}", "node-1", {"app": "x"}, namespace="tenant")
+                     for i in range(2))])
+    for name, spec in HOSTILE.items():   # as JSON: YAML would read 1e100 as a number
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(
+            {"apiVersion": "headroom.dev/v1alpha1", "kind": "MemoryReclaimPolicy",
+             "metadata": {"name": name, "namespace": "tenant"},
+             "spec": {"selector": {}, **spec}}))
+    cluster.apply(policy("web", {"app": "web"}, {"limitPercent": 50}))
+    wait_for(lambda: cluster.plan_pods("node-1") == {"web-0": 512 * MI}, what="bystander")
+    for name in HOSTILE:
+        st = wait_for(lambda n=name: _condition(_status(cluster, n, "tenant"), "Valid")
+                      .get("status") == "False" and _status(cluster, n, "tenant"),
+                      what=f"{name} Valid=False")
+        assert _condition(st, "Valid")["reason"] == "InvalidQuantity"
+    # updated while they exist ...
+    cluster.apply(policy("web", {"app": "web"}, {"limitPercent": 25}))
+    wait_for(lambda: cluster.plan_pods("node-1") == {"web-0": 256 * MI}, what="update")
+    # ... and restored (out of the plan: the agent puts the original memory.high back)
+    cluster.kubectl("delete", "memoryreclaimpolicy", "web")
+    wait_for(lambda: cluster.plan_pods("node-1") == {}, what="restore")
