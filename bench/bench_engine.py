@@ -9,7 +9,12 @@ kernel); prints Markdown tables. Not a test.
     at every cgroup once per second and writes memory.reclaim for the whole excess
     above the same target (bench/naive_reclaimer.py). Each arm is one run of
     bench/pagecache_compare.py's run_arm() (a fresh cgroup, caches dropped, a sparse
-    file streamed through it, PSI / memory.events / memory.peak / per-read latency).
+    file streamed through it, PSI / memory.events / memory.peak / per-read latency,
+    file refaults).
+(a') **A hot set beside the stream**: the same three arms, with a second process in
+    the cgroup re-reading a hot file of `--hot-mib` (default 80 MiB, 62% of memory.high)
+    while 5 x memory.high are streamed once: file refaults (workingset_refault_file)
+    and the hot set's passes per second, medians.
 (b) **Idle overhead**: N real cgroups managed by one engine (memory.high 64 MiB, none
     near its watermark); the engine's CPU (this process's CPU less its sleeping main
     thread) over `--idle-seconds`, at N = `--counts`.
@@ -42,6 +47,7 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -77,7 +83,9 @@ def _arm_summary(r: Any) -> dict[str, float]:
             "p99_ms": r.latency_us["p99"] / 1000, "peak_mib": r.peak_bytes / MiB,
             "high_mib": r.memory_high / MiB, "reclaimed_mib": eng.get("reclaimed_bytes", 0) / MiB,
             "reclaim_cpu_s": eng.get("reclaim_cpu_s", 0.0),
-            "reclaimer_cpu_s": eng.get("engine_cpu_s", 0.0), "duration_s": r.duration_s}
+            "reclaimer_cpu_s": eng.get("engine_cpu_s", 0.0), "duration_s": r.duration_s,
+            "refault_file": r.refault_file, "hot_passes": r.hot_passes,
+            "hot_passes_per_s": r.hot_passes_per_s}
 
 
 def pagecache_arms(opts: pc.Options, reps: int) -> dict[str, list[dict[str, float]]]:
@@ -86,6 +94,8 @@ def pagecache_arms(opts: pc.Options, reps: int) -> dict[str, list[dict[str, floa
     root = CgroupRoot(opts.cgroup_root)
     guest_support.require_cgroup2(root.path)
     pc.prepare_file(opts.file, opts.file_mib, opts.sparse)
+    if opts.hot_mib:
+        pc.prepare_file(opts.hot_file, opts.hot_mib, opts.sparse)
     runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
     for rep in range(reps):
         for arm in ARMS[rep % 3:] + ARMS[:rep % 3]:   # rotate: no arm always runs first
@@ -309,15 +319,19 @@ PAGECACHE_COLUMNS = (  # (heading, key, format)
     ("read p99 ms", "p99_ms", "{:.2f}"), ("peak MiB", "peak_mib", "{:.1f}"),
     ("reclaimed MiB", "reclaimed_mib", "{:.0f}"), ("reclaim writes CPU s", "reclaim_cpu_s",
                                                    "{:.2f}"),
-    ("reclaimer CPU s", "reclaimer_cpu_s", "{:.2f}"), ("run s", "duration_s", "{:.1f}"))
+    ("reclaimer CPU s", "reclaimer_cpu_s", "{:.2f}"), ("run s", "duration_s", "{:.1f}"),
+    ("file refaults", "refault_file", "{:.0f}"))
+HOT_COLUMNS = (("hot-set passes", "hot_passes", "{:.0f}"),
+               ("hot-set passes/s", "hot_passes_per_s", "{:.3f}"))
 
 
-def pagecache_table(runs: dict[str, list[dict[str, float]]]) -> str:
+def pagecache_table(runs: dict[str, list[dict[str, float]]], hot: bool = False) -> str:
     high = next((r["high_mib"] for rs in runs.values() for r in rs), 0)
-    head = ["arm (medians)", *(h for h, _, _ in PAGECACHE_COLUMNS)]
+    columns = PAGECACHE_COLUMNS + (HOT_COLUMNS if hot else ())
+    head = ["arm (medians)", *(h for h, _, _ in columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, rs in runs.items():
-        cells = [fmt.format(_median([r[key] for r in rs])) for _, key, fmt in PAGECACHE_COLUMNS]
+        cells = [fmt.format(_median([r.get(key, 0) for r in rs])) for _, key, fmt in columns]
         lines.append(f"| {arm} ({len(rs)} runs) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\nmemory.high {high:.0f} MiB in every arm."
 
@@ -358,6 +372,9 @@ def native_table(native: list[dict[str, Any]]) -> str:
 def report(doc: dict[str, Any]) -> str:
     return (f"### Kernel {doc['kernel']}\n\n(a) page cache streamed at memory.high "
             f"({doc['reps']} repetitions):\n\n{pagecache_table(doc['pagecache'])}\n\n"
+            + (f"(a') the same with a hot {doc['options'].get('hot_mib')} MiB file re-read "
+               f"beside the stream:\n\n{pagecache_table(doc['hotset'], hot=True)}\n\n"
+               if doc.get("hotset") else "") +
             f"(b) idle overhead and (c) watermark-to-first-write delay:\n\n"
             f"{scale_table(doc['scale'])}\n")
 
@@ -373,6 +390,9 @@ def in_guest(a: argparse.Namespace) -> int:
     doc: dict[str, Any] = {"kernel": platform.release(), "reps": a.reps,
                            "options": {k: str(v) for k, v in vars(a).items()}}
     doc["pagecache"] = pagecache_arms(opts, a.reps)   # its threads are joined: fork is safe
+    if a.hot_mib:
+        doc["hotset"] = pagecache_arms(replace(opts, hot_mib=a.hot_mib,
+                                               file_mib=5 * a.high_mib), a.reps)
     doc["scale"] = []
     a.out.write_text(json.dumps(doc))                 # kept if a scale run fails
     for n in a.counts:
@@ -388,7 +408,7 @@ def on_host(a: argparse.Namespace) -> int:
     argv = ["--reps", str(a.reps), "--counts", ",".join(map(str, a.counts)),
             "--trials", str(a.trials), "--idle-seconds", str(a.idle_seconds),
             "--file-mib", str(a.file_mib), "--passes", str(a.passes),
-            "--high-mib", str(a.high_mib)]
+            "--high-mib", str(a.high_mib), "--hot-mib", str(a.hot_mib)]
     docs = []
     for kernel in a.kernels:
         with qemu_guest.shared_tmpdir() as tmp:
@@ -425,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--file-mib", type=int, default=512)
     p.add_argument("--passes", type=int, default=1)
     p.add_argument("--high-mib", type=int, default=128)
+    p.add_argument("--hot-mib", type=int, default=80,
+                   help="(a') hot file re-read beside a stream of 5 x memory.high (0: skip)")
     p.add_argument("--timeout", type=float, default=3600, help="per guest boot, seconds")
     p.add_argument("--save", type=Path, help="host: also write the raw results (JSON) here")
     p.add_argument("--in-guest", action="store_true", help=argparse.SUPPRESS)

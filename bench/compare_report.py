@@ -40,6 +40,10 @@ def rows(arm: dict[str, Any]) -> list[tuple[str, str]]:
         ("peak usage (memory.peak)",
          f"{_mib(arm['peak_bytes'])} = {100 * arm['peak_bytes'] / high:.1f}% of high"),
         ("streamed", f"{_mib(arm['bytes_read'])} in {arm['duration_s']:.1f} s"),
+        ("file refaults (pages read back)", f"{arm.get('refault_file', 0):,}"),
+        *([("hot-set passes (per s)",
+            f"{arm['hot_passes']} ({arm['hot_passes'] / arm['hot_window_s']:.3f}/s)")]
+          if arm.get("hot_window_s") else []),
         ("workload CPU", f"{arm['workload_cpu_s']:.1f} s"),
         ("bytes reclaimed by the engine", _mib(eng["reclaimed_bytes"]) if eng else "-"),
         ("engine CPU in memory.reclaim",
@@ -59,6 +63,8 @@ def table(doc: dict[str, Any]) -> str:
     opts = doc.get("options", {})
     title = (f"Linux {doc['kernel']}: {opts.get('passes', '?')} x {opts.get('file_mib', '?')} "
              f"MiB of page cache streamed through a cgroup at memory.high = {_mib(high)}")
+    if opts.get("hot_mib"):
+        title += f", while another process re-reads a hot {opts['hot_mib']} MiB file"
     lines = [title, "",
              "  ".join([" " * w0, *(h.rjust(w) for h, w in zip(heads, widths, strict=True))]),
              "  ".join(["-" * w0, *("-" * w for w in widths)])]

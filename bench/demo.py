@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import threading
 import time
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--file-mib", type=int, default=1024, help="file streamed (default 1024)")
     p.add_argument("--passes", type=int, default=2, help="reads of the file per arm")
     p.add_argument("--high-mib", type=int, default=256, help="memory.high (default 256)")
+    p.add_argument("--hot-mib", type=int, default=160,
+                   help="second workload: a hot file this large re-read beside a stream of "
+                        "5 x memory.high (0: only the stream)")
     p.add_argument("--png", type=Path, default=CHECKOUT / "out" / "demo.png")
     p.add_argument("--timeout", type=float, default=1800, help="guest timeout, seconds")
     a = p.parse_args(argv)
@@ -71,15 +75,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     say(f"kernel ready: {k.package} ({k.release})")
     with qemu_guest.shared_tmpdir() as shared:
-        results = shared / "results.json"
-        argv_guest = [str(CHECKOUT / ".venv" / "bin" / "python"),
-                      str(HERE / "pagecache_compare.py"), "--out", str(results),
-                      "--file-mib", str(a.file_mib), "--passes", str(a.passes),
-                      "--high-mib", str(a.high_mib)]
+        results, hot_results = shared / "results.json", shared / "hotset.json"
+        compare = [str(CHECKOUT / ".venv" / "bin" / "python"), str(HERE / "pagecache_compare.py"),
+                   "--high-mib", str(a.high_mib)]
+        steps = [[*compare, "--out", str(results), "--file-mib", str(a.file_mib),
+                  "--passes", str(a.passes)]]
+        if a.hot_mib:
+            steps.append([*compare, "--out", str(hot_results), "--file-mib",
+                          str(5 * a.high_mib), "--passes", "1", "--hot-mib", str(a.hot_mib)])
+        argv_guest = ["sh", "-c", " && ".join(shlex.join(step) for step in steps)]
         say(f"booting the guest (QEMU, software emulation: expect a few minutes); "
             f"inside it: {a.passes} x {a.file_mib} MiB of page cache through a cgroup at "
             f"memory.high {a.high_mib} MiB, first with the kernel alone, then with "
-            "headroom's reclaim engine")
+            "headroom's reclaim engine"
+            + (f"; then the same with a hot {a.hot_mib} MiB file re-read beside a stream of "
+               f"{5 * a.high_mib} MiB" if a.hot_mib else ""))
         try:
             result = qemu_guest.run(a.kernel, argv_guest, a.timeout, stream=True)
         except qemu_guest.GuestError as e:
@@ -89,10 +99,14 @@ def main(argv: list[str] | None = None) -> int:
             say(f"the guest run failed (exit {result.rc})")
             return 1
         doc = json.loads(results.read_text())
+        hot_doc = json.loads(hot_results.read_text()) if a.hot_mib else None
     say(f"guest done after {result.duration:.0f} s (boot {result.boot_seconds or 0:.0f} s)")
     print()
     print(compare_report.table(doc))
     print()
+    if hot_doc is not None:
+        print(compare_report.table(hot_doc))
+        print()
     compare_report.plot(doc, a.png)
     say(f"wrote {a.png}: memory.current over time for both runs, with the memory.high line")
     return 0

@@ -61,6 +61,8 @@ class Options:
     sample_ms: float = 10.0
     cgroup_root: Path = Path("/sys/fs/cgroup")
     cpu_budget_cores: float | None = 0.5
+    hot_mib: int = 0      # > 0: a second process re-reads a hot file of this size meanwhile
+    hot_file: Path = Path("/mnt/scratch/pagecache-hot.dat")
 
 
 @dataclass
@@ -78,13 +80,22 @@ class ArmResult:
     bytes_read: int = 0
     workload_cpu_s: float = 0.0
     direct_scan: int = 0              # memory.stat pgscan_direct delta (ours + the engine's)
-    # (s since start, memory.current bytes, memory.events "high" count since start)
-    samples: list[tuple[float, int, int]] = field(default_factory=list)
+    refault_file: int = 0             # memory.stat workingset_refault_file delta (pages)
+    refault_anon: int = 0             # memory.stat workingset_refault_anon delta (pages)
+    hot_passes: int = 0               # hot-set workload: passes over the hot file during
+    hot_window_s: float = 0.0         # the stream (this long)
+    # (s since start, memory.current bytes, memory.events "high" count since start,
+    #  memory.stat inactive_file, active_file, workingset_refault_file since start)
+    samples: list[tuple[float, ...]] = field(default_factory=list)
     engine: dict[str, Any] | None = None
 
     @property
     def high_events(self) -> int:
         return self.events.get("high", 0)
+
+    @property
+    def hot_passes_per_s(self) -> float:
+        return self.hot_passes / self.hot_window_s if self.hot_window_s > 0 else 0.0
 
 
 def deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -121,12 +132,13 @@ def drop_caches() -> None:
 
 
 class Sampler(threading.Thread):
-    """memory.current and the memory.events `high` count every `interval` seconds."""
+    """memory.current, the memory.events `high` count and, with `stat`, the LRU sizes and
+    file refaults of memory.stat every `interval` seconds."""
 
-    def __init__(self, cg: Any, interval: float) -> None:
+    def __init__(self, cg: Any, interval: float, stat: bool = False) -> None:
         super().__init__(name="sampler", daemon=True)
-        self.cg, self.interval = cg, interval
-        self.samples: list[tuple[float, int, int]] = []
+        self.cg, self.interval, self.stat = cg, interval, stat
+        self.samples: list[tuple[float, ...]] = []
         self.cpu_s = 0.0
         self._halt = threading.Event()
         self.t0 = time.monotonic()
@@ -134,11 +146,17 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         from headroom.cgroup import CgroupError
         high0 = self.cg.read_events().get("high", 0)
+        refault0 = self.cg.read_stat().get("workingset_refault_file", 0)
         while not self._halt.is_set():
             try:
-                self.samples.append((round(time.monotonic() - self.t0, 4),
-                                     self.cg.read_current(),
-                                     self.cg.read_events().get("high", 0) - high0))
+                sample: tuple[float, ...] = (round(time.monotonic() - self.t0, 4),
+                                             self.cg.read_current(),
+                                             self.cg.read_events().get("high", 0) - high0)
+                if self.stat:
+                    st = self.cg.read_stat()
+                    sample += (st.get("inactive_file", 0), st.get("active_file", 0),
+                               st.get("workingset_refault_file", 0) - refault0)
+                self.samples.append(sample)
             except CgroupError:
                 break
             self._halt.wait(self.interval)
@@ -177,9 +195,10 @@ def run_arm(name: str, opts: Options, root: Any, engine: Any = None) -> ArmResul
     if cg.read_high() != high:
         raise RuntimeError(f"{cg.path}: memory.high is {cg.read_high()}, expected {high}")
     drop_caches()
+    hot = _start_hot(opts, cg) if opts.hot_mib else None
     events0, stat0 = cg.read_events(), cg.read_stat()
     psi0 = cg.read_pressure()
-    sampler = Sampler(cg, opts.sample_ms / 1000)
+    sampler = Sampler(cg, opts.sample_ms / 1000, stat=opts.hot_mib > 0)
     cpu0, main_cpu0, child_cpu0 = _cpu(), time.thread_time(), _cpu(resource.RUSAGE_CHILDREN)
     sampler.start()
     progress(f"{name} arm: streaming {opts.passes} x {opts.file_mib} MiB through "
@@ -190,8 +209,11 @@ def run_arm(name: str, opts: Options, root: Any, engine: Any = None) -> ArmResul
         [sys.executable, str(STREAM), "--file", str(opts.file), "--size", f"{opts.file_mib}M",
          "--block", f"{opts.chunk_kib}K", "--passes", str(opts.passes), "--cgroup", str(cg.path)],
         capture_output=True, text=True, check=False)
-    result.duration_s = round(time.monotonic() - t0, 3)
+    t1 = time.monotonic()
+    result.duration_s = round(t1 - t0, 3)
     sampler.stop()
+    if hot is not None:
+        result.hot_passes, result.hot_window_s = _stop_hot(hot, t0, t1)
     if proc.returncode != 0:
         raise RuntimeError(f"workload failed ({proc.returncode}): {proc.stderr.strip()}")
     out = json.loads(proc.stdout)
@@ -200,7 +222,10 @@ def run_arm(name: str, opts: Options, root: Any, engine: Any = None) -> ArmResul
     result.psi_full_us = (psi1.full.total_us - psi0.full.total_us
                           if psi1.full and psi0.full else 0)
     result.events = deltas(events0, cg.read_events())
-    result.direct_scan = deltas(stat0, cg.read_stat()).get("pgscan_direct", 0)
+    stat = deltas(stat0, cg.read_stat())
+    result.direct_scan = stat.get("pgscan_direct", 0)
+    result.refault_file = stat.get("workingset_refault_file", 0)
+    result.refault_anon = stat.get("workingset_refault_anon", 0)
     result.samples = sampler.samples
     result.peak_sampled_bytes = max((s[1] for s in sampler.samples), default=0)
     peak_file = cg.file("memory.peak")
@@ -228,10 +253,46 @@ def run_arm(name: str, opts: Options, root: Any, engine: Any = None) -> ArmResul
     guest_support.remove_cgroup(cg.path)
     progress(f"{name} arm done in {result.duration_s:.1f} s: high events "
              f"{result.high_events}, PSI some {result.psi_some_us / 1e6:.3f} s, "
+             f"file refaults {result.refault_file}, "
+             + (f"hot passes {result.hot_passes} ({result.hot_passes_per_s:.2f}/s), "
+                if opts.hot_mib else "") +
              f"p99 read {result.latency_us['p99'] / 1000:.2f} ms"
              + (f", engine reclaimed {result.engine['reclaimed_bytes'] / MiB:.0f} MiB"
                 if result.engine else ""))
     return result
+
+
+class _Hot:
+    def __init__(self, proc: subprocess.Popen[str], stop: Path) -> None:
+        self.proc, self.stop = proc, stop
+
+
+def _start_hot(opts: Options, cg: Any) -> _Hot:
+    """The hot-set reader in the cgroup, re-reading its file; returns once its first
+    pass (the cold read) is done, so the measured window starts with a warm cache."""
+    ready, stop = opts.hot_file.with_suffix(".ready"), opts.hot_file.with_suffix(".stop")
+    ready.unlink(missing_ok=True)
+    stop.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(STREAM), "--file", str(opts.hot_file), "--size",
+         f"{opts.hot_mib}M", "--block", f"{opts.chunk_kib}K", "--until-file", str(stop),
+         "--ready-file", str(ready), "--cgroup", str(cg.path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"hot reader failed: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.05)
+    return _Hot(proc, stop)
+
+
+def _stop_hot(hot: _Hot, t0: float, t1: float) -> tuple[int, float]:
+    """Stop the hot reader; (its passes completed within [t0, t1], t1 - t0)."""
+    hot.stop.touch()
+    out, err = hot.proc.communicate(timeout=600)
+    if hot.proc.returncode != 0:
+        raise RuntimeError(f"hot reader failed ({hot.proc.returncode}): {err.strip()}")
+    ends = json.loads(out)["pass_ends"][1:]   # the first pass was the cold read
+    return sum(1 for e in ends if t0 <= e <= t1), round(t1 - t0, 3)
 
 
 def compare(opts: Options, arms: tuple[str, ...] = ARMS) -> dict[str, Any]:
@@ -244,6 +305,8 @@ def compare(opts: Options, arms: tuple[str, ...] = ARMS) -> dict[str, Any]:
         raise RuntimeError(f"{opts.cgroup_root} is not a real cgroup2 root")
     guest_support.require_cgroup2(root.path)
     prepare_file(opts.file, opts.file_mib, opts.sparse)
+    if opts.hot_mib:
+        prepare_file(opts.hot_file, opts.hot_mib, opts.sparse)
     doc: dict[str, Any] = {"kernel": platform.release(), "options": _jsonable(asdict(opts)),
                            "arms": [], "capabilities": None}
     for name in arms:
@@ -280,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-kib", type=int, default=Options.chunk_kib)
     p.add_argument("--sample-ms", type=float, default=Options.sample_ms)
     p.add_argument("--cpu-budget", type=float, default=Options.cpu_budget_cores)
+    p.add_argument("--hot-mib", type=int, default=0,
+                   help="also re-read a hot file of this size in the cgroup meanwhile")
     a = p.parse_args(argv)
     if os.environ.get("HEADROOM_IN_GUEST") != "1":
         print("pagecache_compare: drops caches and makes cgroups: run it in the test guest "
@@ -290,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--arms: choose from {', '.join(ARMS)}")
     opts = Options(file=a.file, file_mib=a.file_mib, sparse=not a.written, passes=a.passes,
                    high_mib=a.high_mib, chunk_kib=a.chunk_kib, sample_ms=a.sample_ms,
-                   cpu_budget_cores=a.cpu_budget)
+                   cpu_budget_cores=a.cpu_budget, hot_mib=a.hot_mib)
     doc = compare(opts, arms)
     text = json.dumps(doc)
     if a.out:

@@ -41,6 +41,11 @@ class Tuning:
                                     # many raises (a few seconds of throttling at most)
     relief_unbounded_factor: float = 2.0  # ceiling when memory.max is "max": this × the plan's
     relief_hold: float = 5.0        # the plan's value comes back no sooner after the last raise
+    ws_interval: float = 0.5        # memory.stat (LRU sizes, refaults) re-read this often
+                                    # while usage is in the reclaim band
+    ws_halflife: float = 60.0       # seconds; the working-set floor forgets this slowly
+    ws_refault_pages: int = 16      # refaults per memory.stat reading that show reclaim took
+                                    # pages the workload reads back
 
 
 def page_down(n: float) -> int:
@@ -78,6 +83,49 @@ def rate_aware_levels(high: int, headroom_percent: float, target_percent: float,
         return start, target
     new_start = max(page_down(high / 2), start - shift)
     return new_start, max(0, new_start - (start - target))
+
+
+@dataclass(frozen=True)
+class WorkingSet:
+    """What the engine knows of a cgroup's working set (from memory.stat)."""
+
+    floor: float = 0.0    # bytes: reclaim does not go below this
+    stamp: float = 0.0    # when it was last updated
+    refaults: int = -1    # workingset_refault_file + _anon then (-1: not read yet)
+
+
+def working_set_update(ws: WorkingSet, now: float, usage: int, inactive: int, refaults: int,
+                       tuning: Tuning) -> WorkingSet:
+    """The floor after one memory.stat reading. At least the active LRU lists (usage less
+    the inactive ones: what the workload touched more than once); and when pages came
+    back from eviction (refaults) since the previous reading, the whole usage then:
+    reclaim went deeper than the workload's re-use allows. Above the active lists it
+    decays with `ws_halflife`, so a working set that shrank is reclaimed again later."""
+    active = float(max(0, usage - inactive))
+    excess = max(0.0, ws.floor - active)
+    floor = active + excess * 0.5 ** (max(0.0, now - ws.stamp) / tuning.ws_halflife)
+    if ws.refaults >= 0 and refaults - ws.refaults > tuning.ws_refault_pages:
+        floor = max(floor, float(usage))
+    return WorkingSet(floor, now, refaults)
+
+
+def paced_levels(high: int, headroom_percent: float, target_percent: float, rate: float,
+                 lead_seconds: float, floor: float) -> tuple[int, int]:
+    """The Watermark levels (start, target): rate_aware_levels, except that reclaim stops
+    at the working-set `floor`: it takes only what came in on top of the working set
+    (the stream), as the kernel's own reclaim at memory.high does, and not the pages
+    the workload re-reads. A floor above the static target raises the target up to
+    just below half the headroom (97.5% of high at 5%) and start with it: usage then
+    stays near the top, where the kernel alone would hold it."""
+    start, target = rate_aware_levels(high, headroom_percent, target_percent, rate,
+                                      lead_seconds)
+    floor_t = page_up(floor)
+    if floor_t <= target:
+        return start, target
+    s0, t0 = watermark_levels(high, headroom_percent, target_percent)
+    upper = max(watermark_start(high, headroom_percent / 2), s0)
+    new_target = min(floor_t, upper - PAGE_SIZE)
+    return min(upper, max(start, new_target + (s0 - t0))), new_target
 
 
 def lowering_needed(usage: int, current_high: int | None, new_high: int,

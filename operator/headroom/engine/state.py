@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from headroom.cgroup import Cgroup, Watch
-from headroom.engine.decisions import Bucket
+from headroom.engine.decisions import Bucket, WorkingSet
 from headroom.engine.memoryhigh import HighState
 from headroom.engine.targets import Target, TargetStats
 
@@ -36,3 +36,4 @@ class CgroupState:
     consecutive_failures: int = 0
     backoff_until: float = 0.0
     bytes_bucket: Bucket = field(default_factory=lambda: Bucket(0.0, 0.0))
+    ws: WorkingSet = field(default_factory=WorkingSet)   # working-set floor (memory.stat)

@@ -42,10 +42,12 @@ def ensure_file(path: Path, size: int, block: int) -> bool:
     return True
 
 
-def stream(path: Path, block: int, passes: int, duration: float | None
+def stream(path: Path, block: int, passes: int, duration: float | None,
+           until: Path | None = None, pass_ends: list[float] | None = None
            ) -> tuple[list[int], int, float]:
-    """Read path sequentially `passes` times (or until `duration` seconds have passed);
-    returns per-read latencies in ns, bytes read and the elapsed seconds."""
+    """Read path sequentially `passes` times (or until `duration` seconds have passed,
+    or, with `until`, until that file exists); returns per-read latencies in ns, bytes
+    read and the elapsed seconds. `pass_ends` gets CLOCK_MONOTONIC at each pass's end."""
     buf = bytearray(block)
     latencies: list[int] = []
     total = 0
@@ -53,7 +55,12 @@ def stream(path: Path, block: int, passes: int, duration: float | None
     try:
         start = time.monotonic()
         done = 0
-        while (done < passes) if duration is None else (time.monotonic() - start < duration):
+        def more() -> bool:
+            if until is not None:
+                return not until.exists()
+            return (done < passes) if duration is None else time.monotonic() - start < duration
+
+        while more():
             offset = 0
             while True:
                 t0 = time.perf_counter_ns()
@@ -65,6 +72,8 @@ def stream(path: Path, block: int, passes: int, duration: float | None
                 offset += n
                 total += n
             done += 1
+            if pass_ends is not None:
+                pass_ends.append(time.monotonic())
         return latencies, total, time.monotonic() - start
     finally:
         os.close(fd)
@@ -78,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passes", type=int, default=1)
     p.add_argument("--duration", type=float, default=None,
                    help="stream for this many seconds instead of --passes")
+    p.add_argument("--until-file", type=Path,
+                   help="re-read the file until this file exists (instead of --passes)")
+    p.add_argument("--ready-file", type=Path,
+                   help="create this file after the first pass (a warm cache)")
     p.add_argument("--cgroup", type=Path, help="move into this cgroup directory first")
     p.add_argument("--prepare-only", action="store_true", help="create the file and exit")
     p.add_argument("--keep-cache", action="store_true",
@@ -96,12 +109,21 @@ def main(argv: list[str] | None = None) -> int:
         fd = os.open(args.file, os.O_RDONLY)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
-    latencies, total, elapsed = stream(args.file, args.block, args.passes, args.duration)
+    pass_ends: list[float] = []
+    if args.ready_file:
+        latencies, total, elapsed = stream(args.file, args.block, 1, None, None, pass_ends)
+        args.ready_file.touch()
+    else:
+        latencies, total, elapsed = [], 0, 0.0
+    more, n, t = stream(args.file, args.block, args.passes, args.duration, args.until_file,
+                        pass_ends)
+    latencies, total, elapsed = latencies + more, total + n, elapsed + t
     if args.latencies:
         args.latencies.write_text("".join(f"{ns / 1000:.1f}\n" for ns in latencies))
     summary = {"workload": "pagecache_stream", "file": str(args.file), "size": args.size,
                "block": args.block, "bytes": total, "duration_s": round(elapsed, 3),
-               "cgroup": str(args.cgroup or ""), **latency_summary(latencies)}
+               "cgroup": str(args.cgroup or ""), "pass_ends": [round(x, 4) for x in pass_ends],
+               **latency_summary(latencies)}
     print(json.dumps(summary))
     return 0
 

@@ -1,5 +1,6 @@
 """Watermark mode: reclaim from a start level below memory.high down to a target level
-(decisions.rate_aware_levels, decisions.watermark_step)."""
+(decisions.paced_levels, decisions.watermark_step), never below the working set that
+memory.stat shows (decisions.working_set_update)."""
 
 from __future__ import annotations
 
@@ -21,14 +22,30 @@ class Watermark(Mode):
 
     def levels(self, st: CgroupState, high: int, tuning: d.Tuning) -> tuple[int, int]:
         s = st.target.settings
-        return d.rate_aware_levels(high, s.headroom_percent, s.target_percent, st.rate,
-                                   tuning.reaction_lead)
+        return d.paced_levels(high, s.headroom_percent, s.target_percent, st.rate,
+                              tuning.reaction_lead, st.ws.floor)
+
+    def observe(self, st: CgroupState, high: int, usage: int, now: float,
+                tuning: d.Tuning) -> None:
+        """While usage is in the reclaim band, read memory.stat (every ws_interval) for
+        the working-set floor reclaim stops at."""
+        s = st.target.settings
+        _, target = d.rate_aware_levels(high, s.headroom_percent, s.target_percent, st.rate,
+                                        tuning.reaction_lead)
+        if st.cg is None or usage < target or now - st.ws.stamp < tuning.ws_interval:
+            return
+        stat = st.cg.read_stat()
+        st.ws = d.working_set_update(
+            st.ws, now, usage, stat.get("inactive_file", 0) + stat.get("inactive_anon", 0),
+            stat.get("workingset_refault_file", 0) + stat.get("workingset_refault_anon", 0),
+            tuning)
 
     def want(self, c: Check) -> tuple[int, float]:
         st, tn = c.st, c.tuning
         high = st.high.limit
         if high is None:
             return 0, tn.max_interval
+        self.observe(st, high, c.usage, c.now, tn)
         start, target = self.levels(st, high, tn)
         was_active = st.active
         want, st.active = d.watermark_step(c.usage, start, target,
