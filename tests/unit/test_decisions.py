@@ -225,7 +225,6 @@ class TestWorkingSetFloor:
         assert target == 165 * MiB and start - target == s0 - t0
 
     def test_floor_above_the_static_target_keeps_usage_near_the_top(self):
-        s0, t0 = d.watermark_levels(256 * MiB, 5, 10)
         upper = d.watermark_start(256 * MiB, 2.5)
         start, target = d.paced_levels(256 * MiB, 5, 10, 0, 0.5, 240 * MiB)
         assert (start, target) == (upper, 240 * MiB)

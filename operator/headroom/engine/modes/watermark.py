@@ -22,8 +22,10 @@ class Watermark(Mode):
 
     def levels(self, st: CgroupState, high: int, tuning: d.Tuning) -> tuple[int, int]:
         s = st.target.settings
+        # a lower memory.high waiting for reclaim: the working set has to shrink
+        floor = 0.0 if st.high.lowering_to is not None else st.ws.floor
         return d.paced_levels(high, s.headroom_percent, s.target_percent, st.rate,
-                              tuning.reaction_lead, st.ws.floor)
+                              tuning.reaction_lead, floor)
 
     def observe(self, st: CgroupState, high: int, usage: int, now: float,
                 tuning: d.Tuning) -> None:
@@ -35,6 +37,8 @@ class Watermark(Mode):
         if st.cg is None or usage < target or now - st.ws.stamp < tuning.ws_interval:
             return
         stat = st.cg.read_stat()
+        if "inactive_file" not in stat:
+            return   # no LRU sizes (not a kernel's memory.stat): no floor
         st.ws = d.working_set_update(
             st.ws, now, usage, stat.get("inactive_file", 0) + stat.get("inactive_anon", 0),
             stat.get("workingset_refault_file", 0) + stat.get("workingset_refault_anon", 0),
