@@ -1,6 +1,7 @@
 """Pure reclaim decisions."""
 
 import itertools
+from pathlib import Path
 
 import pytest
 from headroom.engine import decisions as d
@@ -241,3 +242,65 @@ class TestWorkingSetFloor:
         assert 0 <= target < start <= upper
         assert mt <= target and ms <= start
         assert target >= min(d.page_up(floor), upper - d.PAGE_SIZE)
+
+
+# --- replay of usage traces recorded in the QEMU guest (tests/unit/traces/) ---------------
+
+TRACES = Path(__file__).parent / "traces"
+
+
+def _trace(name: str) -> list[dict[str, float]]:
+    lines = [x for x in (TRACES / name).read_text().splitlines() if not x.startswith("#")]
+    keys = lines[0].split(",")
+    return [dict(zip(keys, map(float, x.split(",")), strict=True)) for x in lines[1:]]
+
+
+Levels = tuple[int, int]
+
+
+def _replay(rows: list[dict[str, float]], high: int
+            ) -> list[tuple[dict[str, float], Levels, Levels]]:
+    """Per sample: (row, today's levels, the working-set law's levels), with the rate and
+    the floor updated from the trace as the engine would."""
+    ws, rate, prev, out = d.WorkingSet(), 0.0, None, []
+    for r in rows:
+        usage = int(r["usage"])
+        if prev is not None:
+            rate, _ = d.growth(rate, int(prev["usage"]), usage, r["t_s"] - prev["t_s"],
+                               T.growth_halflife)
+        old = d.rate_aware_levels(high, 5, 10, rate, T.reaction_lead)
+        if usage >= old[1]:
+            ws = d.working_set_update(ws, r["t_s"], usage, int(r["inactive_file"]),
+                                      int(r["refault_file"]), T)
+        out.append((r, old, d.paced_levels(high, 5, 10, rate, T.reaction_lead, ws.floor)))
+        prev = r
+    return out
+
+
+@pytest.mark.parametrize("trace", ["hotset160-6.12-kernel-alone.csv"])
+def test_replay_without_refaults_is_todays_law(trace):
+    """6.12 alone kept its 160 MiB hot set (no refaults), active below the static target:
+    the law is unchanged."""
+    rows = _replay(_trace(trace), 256 * MiB)
+    assert all(old == new for _, old, new in rows)
+
+
+@pytest.mark.parametrize("trace", ["hotset160-6.1-oldlaw-engine.csv",
+                                   "hotset160-6.1-kernel-alone.csv"])
+def test_replay_refaults_lift_the_target_and_never_lower_it(trace):
+    """The engine before this law (and 6.1's own reclaim) let the hot file be refaulted:
+    from the first reading that shows refaults, the target rises to the usage then
+    (at most half the headroom below high), and no level is ever below today's."""
+    high = 256 * MiB
+    upper = d.watermark_start(high, 2.5)
+    rows = _replay(_trace(trace), high)
+    assert all(new[0] >= old[0] and new[1] >= old[1] for _, old, new in rows)
+    prev = None
+    lifted = 0
+    for r, old, new in rows:
+        if prev is not None and r["refault_file"] - prev["refault_file"] > T.ws_refault_pages \
+                and r["usage"] >= old[1]:
+            assert new[1] >= min(d.page_up(r["usage"]), upper - d.PAGE_SIZE)
+            lifted += 1
+        prev = r
+    assert lifted >= 2
