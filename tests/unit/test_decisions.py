@@ -189,28 +189,29 @@ class TestLowering:
 class TestWorkingSetFloor:
     """Reclaim stops at the working set (issue 9)."""
 
-    def test_floor_is_the_active_lists(self):
+    def test_reading_keeps_the_active_lists(self):
         ws = d.working_set_update(d.WorkingSet(), 1.0, 200 * MiB, 30 * MiB, 0, T)
-        assert ws.floor == 170 * MiB and ws.refaults == 0 and ws.stamp == 1.0
+        assert ws.active == 170 * MiB and ws.floor == 0 and ws.refaults == 0
 
-    def test_floor_rises_at_once_and_decays_slowly_to_the_active_lists(self):
-        ws = d.working_set_update(d.WorkingSet(), 0.0, 200 * MiB, 30 * MiB, 0, T)
-        later = d.working_set_update(ws, T.ws_halflife, 100 * MiB, 90 * MiB, 0, T)
-        assert later.floor == pytest.approx(90 * MiB)      # 10 active + half of the 160 over
-        higher = d.working_set_update(later, T.ws_halflife + 1, 250 * MiB, 10 * MiB, 0, T)
-        assert higher.floor == 240 * MiB
-
-    def test_refaults_raise_the_floor_to_usage(self):
+    def test_refaults_raise_the_floor_to_usage_and_it_decays_to_the_active_lists(self):
         ws = d.working_set_update(d.WorkingSet(), 0.0, 150 * MiB, 100 * MiB, 1000, T)
         few = d.working_set_update(ws, 0.2, 150 * MiB, 100 * MiB, 1000 + T.ws_refault_pages, T)
-        assert few.floor == 50 * MiB
+        assert few.floor == 0
         many = d.working_set_update(few, 0.4, 150 * MiB, 100 * MiB,
                                     1001 + 2 * T.ws_refault_pages, T)
         assert many.floor == 150 * MiB
+        later = d.working_set_update(many, 0.4 + T.ws_halflife, 150 * MiB, 100 * MiB,
+                                     1001 + 2 * T.ws_refault_pages, T)
+        assert later.floor == pytest.approx(100 * MiB)     # 50 active + half of the 100 over
 
     def test_first_reading_is_only_a_baseline_for_refaults(self):
         ws = d.working_set_update(d.WorkingSet(), 0.0, 150 * MiB, 100 * MiB, 10**6, T)
-        assert ws.floor == 50 * MiB
+        assert ws.floor == 0
+
+    def test_active_lists_never_lift_the_static_levels(self):
+        # 6.12's multi-gen LRU counts its two youngest generations as active: all of usage
+        assert d.paced_levels(256 * MiB, 5, 10, 0, 0.5, 0, 250 * MiB) == \
+            d.watermark_levels(256 * MiB, 5, 10)
 
     @pytest.mark.parametrize("rate", [0, 20 * MiB, 60 * MiB, 200 * MiB, 10_000 * MiB])
     def test_no_floor_is_rate_aware_levels(self, rate):
@@ -219,7 +220,7 @@ class TestWorkingSetFloor:
 
     def test_fast_growth_stops_at_the_floor(self):
         # the issue's workload: 160 MiB re-read, a stream on top at 400 MiB/s
-        start, target = d.paced_levels(256 * MiB, 5, 10, 400 * MiB, 0.5, 165 * MiB)
+        start, target = d.paced_levels(256 * MiB, 5, 10, 400 * MiB, 0.5, 0, 165 * MiB)
         moved = d.rate_aware_levels(256 * MiB, 5, 10, 400 * MiB, 0.5)
         assert moved[1] < 120 * MiB                     # without the floor: below the hot set
         s0, t0 = d.watermark_levels(256 * MiB, 5, 10)
@@ -232,16 +233,18 @@ class TestWorkingSetFloor:
         start, target = d.paced_levels(256 * MiB, 5, 10, 0, 0.5, 255 * MiB)
         assert (start, target) == (upper, upper - d.PAGE_SIZE)   # never a band at high
 
-    @pytest.mark.parametrize("high,rate,floor", itertools.product(
+    @pytest.mark.parametrize("high,rate,floor,active", itertools.product(
         [64 * MiB, 256 * MiB, 4096 * MiB], [0, 30 * MiB, 300 * MiB, 1e10],
-        [0, 10 * MiB, 100 * MiB, 200 * MiB, 1e10]))
-    def test_levels_ordered_and_never_below_either_law(self, high, rate, floor):
-        start, target = d.paced_levels(high, 5, 10, rate, 0.5, floor)
+        [0, 10 * MiB, 100 * MiB, 200 * MiB, 1e10], [0, 50 * MiB, 5000 * MiB]))
+    def test_levels_ordered_and_never_below_either_law(self, high, rate, floor, active):
+        start, target = d.paced_levels(high, 5, 10, rate, 0.5, floor, active)
         ms, mt = d.rate_aware_levels(high, 5, 10, rate, 0.5)
         upper = max(d.watermark_start(high, 2.5), d.watermark_levels(high, 5, 10)[0])
         assert 0 <= target < start <= upper
         assert mt <= target and ms <= start
         assert target >= min(d.page_up(floor), upper - d.PAGE_SIZE)
+        t0 = d.watermark_levels(high, 5, 10)[1]
+        assert target >= min(d.page_up(active), t0, upper - d.PAGE_SIZE)
 
 
 # --- replay of usage traces recorded in the QEMU guest (tests/unit/traces/) ---------------
@@ -272,7 +275,8 @@ def _replay(rows: list[dict[str, float]], high: int
         if usage >= old[1]:
             ws = d.working_set_update(ws, r["t_s"], usage, int(r["inactive_file"]),
                                       int(r["refault_file"]), T)
-        out.append((r, old, d.paced_levels(high, 5, 10, rate, T.reaction_lead, ws.floor)))
+        out.append((r, old, d.paced_levels(high, 5, 10, rate, T.reaction_lead, ws.floor,
+                                           ws.active)))
         prev = r
     return out
 

@@ -89,40 +89,45 @@ def rate_aware_levels(high: int, headroom_percent: float, target_percent: float,
 class WorkingSet:
     """What the engine knows of a cgroup's working set (from memory.stat)."""
 
-    floor: float = 0.0    # bytes: reclaim does not go below this
+    floor: float = 0.0    # bytes: reclaim does not go below this (refaults seen)
+    active: int = 0       # the active LRU lists at the last reading
     stamp: float = 0.0    # when it was last updated
     refaults: int = -1    # workingset_refault_file + _anon then (-1: not read yet)
 
 
 def working_set_update(ws: WorkingSet, now: float, usage: int, inactive: int, refaults: int,
                        tuning: Tuning) -> WorkingSet:
-    """The floor after one memory.stat reading. At least the active LRU lists (usage less
-    the inactive ones: what the workload touched more than once); and when pages came
-    back from eviction (refaults) since the previous reading, the whole usage then:
-    reclaim went deeper than the workload's re-use allows. Above the active lists it
+    """After one memory.stat reading: the active LRU lists (usage less the inactive
+    ones: what the workload touched more than once), and a floor: when pages came back
+    from eviction (refaults) since the previous reading, the whole usage then (reclaim
+    went deeper than the workload's re-use allows). Above the active lists the floor
     decays with `ws_halflife`, so a working set that shrank is reclaimed again later."""
-    active = float(max(0, usage - inactive))
+    active = max(0, usage - inactive)
     excess = max(0.0, ws.floor - active)
-    floor = active + excess * 0.5 ** (max(0.0, now - ws.stamp) / tuning.ws_halflife)
+    floor = min(ws.floor, active + excess * 0.5 ** (max(0.0, now - ws.stamp)
+                                                    / tuning.ws_halflife))
     if ws.refaults >= 0 and refaults - ws.refaults > tuning.ws_refault_pages:
         floor = max(floor, float(usage))
-    return WorkingSet(floor, now, refaults)
+    return WorkingSet(floor, active, now, refaults)
 
 
 def paced_levels(high: int, headroom_percent: float, target_percent: float, rate: float,
-                 lead_seconds: float, floor: float) -> tuple[int, int]:
+                 lead_seconds: float, floor: float, active: int = 0) -> tuple[int, int]:
     """The Watermark levels (start, target): rate_aware_levels, except that reclaim stops
-    at the working-set `floor`: it takes only what came in on top of the working set
+    at the working set (`active` lists, at most up to the static target, and the
+    refault `floor`): it takes only what came in on top of the working set
     (the stream), as the kernel's own reclaim at memory.high does, and not the pages
-    the workload re-reads. A floor above the static target raises the target up to
+    the workload re-reads. A refault floor above the static target raises the target up to
     just below half the headroom (97.5% of high at 5%) and start with it: usage then
     stays near the top, where the kernel alone would hold it."""
     start, target = rate_aware_levels(high, headroom_percent, target_percent, rate,
                                       lead_seconds)
-    floor_t = page_up(floor)
+    s0, t0 = watermark_levels(high, headroom_percent, target_percent)
+    # the active lists alone never lift the static target: on the multi-gen LRU (6.12)
+    # they hold the two youngest generations, which can be all of usage
+    floor_t = page_up(max(floor, min(active, t0)))
     if floor_t <= target:
         return start, target
-    s0, t0 = watermark_levels(high, headroom_percent, target_percent)
     upper = max(watermark_start(high, headroom_percent / 2), s0)
     new_target = min(floor_t, upper - PAGE_SIZE)
     return min(upper, max(start, new_target + (s0 - t0))), new_target

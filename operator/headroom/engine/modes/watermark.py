@@ -23,9 +23,11 @@ class Watermark(Mode):
     def levels(self, st: CgroupState, high: int, tuning: d.Tuning) -> tuple[int, int]:
         s = st.target.settings
         # a lower memory.high waiting for reclaim: the working set has to shrink
-        floor = 0.0 if st.high.lowering_to is not None else st.ws.floor
+        if st.high.lowering_to is not None:
+            return d.paced_levels(high, s.headroom_percent, s.target_percent, st.rate,
+                                  tuning.reaction_lead, 0.0)
         return d.paced_levels(high, s.headroom_percent, s.target_percent, st.rate,
-                              tuning.reaction_lead, floor)
+                              tuning.reaction_lead, st.ws.floor, st.ws.active)
 
     def observe(self, st: CgroupState, high: int, usage: int, now: float,
                 tuning: d.Tuning) -> None:
