@@ -275,11 +275,125 @@ def scale_run(cgroup_root: Path, n: int, trials: int, idle_seconds: float,
         file.unlink()
 
 
-def native_idle(n: int, seconds: float, high: int) -> dict[str, Any]:
+BETWEEN_HIGH = 4 * MiB   # (b2): 500 x 3.7 MiB of page cache fits the 3 GiB guest
+
+
+def between_run(cgroup_root: Path, n: int, idle_seconds: float, scratch: Path) -> dict[str, Any]:
+    """(b2) in the guest: N cgroups whose page cache sits between target and watermark
+    (charged by a forked child that joins each in turn and reads its region of a sparse
+    file, then leaves), idle; the engine's CPU and its checks per cgroup per second."""
+    from headroom.cgroup import CgroupRoot
+    from headroom.engine import ReclaimEngine, ReclaimSettings, Target
+
+    guest_support.require_cgroup2(cgroup_root)
+    parent = cgroup_root / "hr-bench-between"
+    guest_support.remove_cgroup(parent)
+    guest_support.create_cgroup(cgroup_root, parent.name)
+    (parent / "cgroup.subtree_control").write_text("+memory")
+    cgs = [guest_support.create_cgroup(parent, f"cg{i:03d}") for i in range(n)]
+    level = between_level(BETWEEN_HIGH)
+    file = scratch / "bench-between.dat"
+    with open(file, "wb") as fh:
+        fh.truncate(n * BETWEEN_HIGH)
+    assert threading.active_count() == 1, "fork only while single-threaded"
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            fd, buf = os.open(file, os.O_RDONLY), bytearray(CHUNK)
+            for i, cg in enumerate(cgs):
+                guest_support.join_cgroup(cg)
+                pos = i * BETWEEN_HIGH
+                while pos < i * BETWEEN_HIGH + level:
+                    pos += os.preadv(fd, [buf[:min(CHUNK, i * BETWEEN_HIGH + level - pos)]],
+                                     pos)
+            guest_support.join_cgroup(cgroup_root)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, "filler failed"
+    usages = [int((cg / "memory.current").read_text()) for cg in cgs]
+    counts: dict[str, int] = {}
+    engine = ReclaimEngine(_counting_root(CgroupRoot(cgroup_root), counts))
+    try:
+        engine.start()
+        t0 = time.monotonic()
+        engine.set_targets([Target(key=cg.name, path=cg, memory_high=BETWEEN_HIGH,
+                                   settings=ReclaimSettings()) for cg in cgs])
+        takeover_s = time.monotonic() - t0
+        time.sleep(3)
+        c0 = counts.get("checks", 0)
+        cpu0, main0, w0 = _process_cpu(), time.thread_time(), time.monotonic()
+        time.sleep(idle_seconds)
+        idle_cpu = (_process_cpu() - cpu0) - (time.thread_time() - main0)
+        wall = time.monotonic() - w0
+        checks = counts.get("checks", 0) - c0
+        writes = sum(st.reclaim_writes for st in engine.snapshot().values())
+        pc.progress(f"{n} cgroups between target and watermark: idle CPU "
+                    f"{idle_cpu / wall * 1000:.1f} ms/s, {checks / wall / n:.1f} checks/cgroup/s")
+        return {"cgroups": n, "takeover_s": takeover_s, "idle_cpu_s": idle_cpu,
+                "idle_wall_s": wall, "checks": checks, "reclaim_writes": writes,
+                "memory_high": BETWEEN_HIGH, "level": level,
+                "usage_median": statistics.median(usages)}
+    finally:
+        engine.stop(restore=True)
+        guest_support.remove_cgroup(parent)
+        file.unlink()
+
+
+def between_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| managed cgroups | memory.high MiB | usage MiB (median) | takeover s | "
+             "idle engine CPU ms/s | per 100 cgroups ms/s | checks per cgroup per s | "
+             "reclaim writes |", "|---|---|---|---|---|---|---|---|"]
+    for s in rows:
+        per_s = s["idle_cpu_s"] / s["idle_wall_s"] * 1000
+        lines.append(f"| {s['cgroups']} | {s['memory_high'] / MiB:g} | "
+                     f"{s['usage_median'] / MiB:.2f} | {s['takeover_s']:.2f} | {per_s:.1f} | "
+                     f"{per_s * 100 / s['cgroups']:.1f} | "
+                     f"{s['checks'] / s['idle_wall_s'] / s['cgroups']:.1f} | "
+                     f"{s['reclaim_writes']} |")
+    return "\n".join(lines)
+
+
+def _counting_root(root: Any, counts: dict[str, int]) -> Any:
+    """The root, with every memory.current read counted: one per engine check."""
+    from headroom.cgroup import Cgroup
+
+    make = root._make
+
+    def counted(p: Path) -> Cgroup:
+        cg = make(p)
+        read = cg.read_current
+
+        def read_current() -> int:
+            counts["checks"] = counts.get("checks", 0) + 1
+            return read()
+        cg.read_current = read_current  # type: ignore[method-assign]
+        return cg
+    root._make = counted
+    return root
+
+
+def between_level(high: int) -> int:
+    """Usage midway between the default target (90%) and watermark (95%): where a pod
+    sits for good once its page cache reached the watermark (page cache never shrinks)."""
+    from headroom.engine import ReclaimSettings
+    from headroom.engine.decisions import watermark_levels
+
+    s = ReclaimSettings()
+    start, target = watermark_levels(high, s.headroom_percent, s.target_percent)
+    return (start + target) // 2 // 4096 * 4096
+
+
+def native_idle(n: int, seconds: float, high: int, between: bool = False) -> dict[str, Any]:
     """(b) on the host, natively: the same engine over a fake cgroup tree (plain files
-    in a tmp dir, no PSI triggers or events watches), to scale the guest's TCG figures."""
+    in a tmp dir, no PSI triggers or events watches), to scale the guest's TCG figures.
+    `between`: every cgroup's usage sits between target and watermark (else 0)."""
     import tempfile
 
+    from headroom.cgroup import CgroupRoot
     from headroom.engine import ReclaimEngine, ReclaimSettings, Target
 
     sys.path.insert(0, str(CHECKOUT / "tests" / "unit"))
@@ -287,18 +401,22 @@ def native_idle(n: int, seconds: float, high: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         tree = FakeTree(Path(tmp) / "cgroup")
-        paths = [tree.add(f"cg{i:03d}") for i in range(n)]
-        engine = ReclaimEngine(tree.root, allow_fake_root=True)
+        usage = between_level(high) if between else 0
+        paths = [tree.add(f"cg{i:03d}", current=usage) for i in range(n)]
+        counts: dict[str, int] = {}
+        engine = ReclaimEngine(_counting_root(CgroupRoot(tree.root, allow_fake=True), counts))
         engine.start()
         try:
             engine.set_targets([Target(key=p.name, path=p, memory_high=high,
                                        settings=ReclaimSettings()) for p in paths])
             time.sleep(2)
+            c0 = counts.get("checks", 0)
             cpu0, main0, w0 = _process_cpu(), time.thread_time(), time.monotonic()
             time.sleep(seconds)
             cpu = (_process_cpu() - cpu0) - (time.thread_time() - main0)
-            return {"cgroups": n, "memory_high_mib": high // MiB, "idle_cpu_s": cpu,
-                    "idle_wall_s": time.monotonic() - w0}
+            return {"cgroups": n, "memory_high_mib": high / MiB, "idle_cpu_s": cpu,
+                    "idle_wall_s": time.monotonic() - w0, "between": between,
+                    "checks": counts.get("checks", 0) - c0}
         finally:
             engine.stop(restore=True)
 
@@ -360,12 +478,17 @@ def scale_table(scale: list[dict[str, Any]]) -> str:
 
 
 def native_table(native: list[dict[str, Any]]) -> str:
-    lines = ["| managed cgroups | memory.high MiB | idle engine CPU ms/s | per 100 cgroups ms/s |",
-             "|---|---|---|---|"]
+    lines = ["| managed cgroups | memory.high MiB | usage | idle engine CPU ms/s | "
+             "per 100 cgroups ms/s | checks per cgroup per s | CPU per check us |",
+             "|---|---|---|---|---|---|---|"]
     for s in native:
         per_s = s["idle_cpu_s"] / s["idle_wall_s"] * 1000
-        lines.append(f"| {s['cgroups']} | {s['memory_high_mib']} | {per_s:.2f} | "
-                     f"{per_s * 100 / s['cgroups']:.2f} |")
+        checks = s.get("checks")
+        rate = "" if checks is None else f"{checks / s['idle_wall_s'] / s['cgroups']:.2f}"
+        per_check = ("" if not checks else f"{s['idle_cpu_s'] / checks * 1e6:.0f}")
+        lines.append(f"| {s['cgroups']} | {s['memory_high_mib']:g} | "
+                     f"{'between target and watermark' if s.get('between') else 'idle, 0'} | "
+                     f"{per_s:.2f} | {per_s * 100 / s['cgroups']:.2f} | {rate} | {per_check} |")
     return "\n".join(lines)
 
 
@@ -376,7 +499,8 @@ def report(doc: dict[str, Any]) -> str:
                f"beside the stream:\n\n{pagecache_table(doc['hotset'], hot=True)}\n\n"
                if doc.get("hotset") else "") +
             f"(b) idle overhead and (c) watermark-to-first-write delay:\n\n"
-            f"{scale_table(doc['scale'])}\n")
+            f"{scale_table(doc['scale'])}\n\n(b2) idle between target and watermark:\n\n"
+            f"{between_table(doc.get('between', []))}\n")
 
 
 # ---------------------------------------------------------------- entry points
@@ -393,8 +517,12 @@ def in_guest(a: argparse.Namespace) -> int:
     if a.hot_mib:
         doc["hotset"] = pagecache_arms(replace(opts, hot_mib=a.hot_mib,
                                                file_mib=5 * a.high_mib), a.reps)
-    doc["scale"] = []
+    doc["scale"], doc["between"] = [], []
     a.out.write_text(json.dumps(doc))                 # kept if a scale run fails
+    for n in a.between_counts:
+        doc["between"].append(between_run(opts.cgroup_root, n, a.idle_seconds,
+                                          opts.file.parent))
+        a.out.write_text(json.dumps(doc))
     for n in a.counts:
         doc["scale"].append(scale_run(opts.cgroup_root, n, a.trials, a.idle_seconds,
                                       opts.file.parent))
@@ -406,11 +534,12 @@ def on_host(a: argparse.Namespace) -> int:
     import qemu_guest
 
     argv = ["--reps", str(a.reps), "--counts", ",".join(map(str, a.counts)),
+            "--between-counts", ",".join(map(str, a.between_counts)),
             "--trials", str(a.trials), "--idle-seconds", str(a.idle_seconds),
             "--file-mib", str(a.file_mib), "--passes", str(a.passes),
             "--high-mib", str(a.high_mib), "--hot-mib", str(a.hot_mib)]
     docs = []
-    for kernel in a.kernels:
+    for kernel in ([] if a.native_only else a.kernels):
         with qemu_guest.shared_tmpdir() as tmp:
             out = tmp / "result.json"
             result = qemu_guest.run(
@@ -423,7 +552,8 @@ def on_host(a: argparse.Namespace) -> int:
                       file=sys.stderr)
             if out.exists():
                 docs.append(json.loads(out.read_text()))
-    native = [native_idle(n, a.idle_seconds, high) for high in (SCALE_HIGH, 1 << 30)
+    native = [native_idle(n, a.idle_seconds, high, between)
+              for between, high in ((False, SCALE_HIGH), (False, 1 << 30), (True, SCALE_HIGH))
               for n in a.counts]
     if a.save:
         a.save.write_text(json.dumps({"guest": docs, "native": native}, indent=1))
@@ -438,8 +568,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kernels", type=lambda s: s.split(","), default=["6.1", "6.12"])
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--counts", type=lambda s: [int(x) for x in s.split(",")],
+    p.add_argument("--counts", type=lambda s: [int(x) for x in s.split(",") if x],
                    default=[10, 100, 500])
+    p.add_argument("--between-counts", type=lambda s: [int(x) for x in s.split(",") if x],
+                   default=[10, 100, 500], help="(b2) cgroup counts; empty: skip")
+    p.add_argument("--native-only", action="store_true", help="only (b') on the host")
     p.add_argument("--trials", type=int, default=10, help="delay trials per cgroup count")
     p.add_argument("--idle-seconds", type=float, default=10)
     p.add_argument("--file-mib", type=int, default=512)

@@ -10,14 +10,29 @@ from headroom.cgroup.errors import CgroupError, UnsafePath, UnsupportedKey
 from headroom.cgroup.parse import Pressure, parse_flat_keyed, parse_limit, parse_pressure
 from headroom.cgroup.watch import EventsWatch, PsiTrigger, Watch
 
+# Files read on every check or stats refresh: kept open and re-read with pread.
+_KEPT_OPEN = frozenset({"memory.current", "memory.high", "memory.max", "memory.events",
+                        "memory.pressure"})
+
 
 class Cgroup:
-    """One cgroup directory. Methods raise the typed errors of headroom.cgroup.errors."""
+    """One cgroup directory. Methods raise the typed errors of headroom.cgroup.errors.
+
+    The files read often are opened on first use and kept open (fs.KeptOpen) until
+    `close()` or until this object goes away; a removed cgroup's open file answers
+    ENODEV, which reads as CgroupGone like a failed open."""
 
     def __init__(self, root: CgroupRoot, path: pathlib.Path):
         self.root = root
         self.path = path
         self.is_root = path == root.path
+        self._open: dict[str, fs.KeptOpen] = {}
+
+    def close(self) -> None:
+        """Close the kept-open files (they are reopened if read again)."""
+        files, self._open = self._open, {}
+        for f in files.values():
+            f.close()
 
     def __repr__(self) -> str:
         return f"Cgroup({str(self.path)!r})"
@@ -34,7 +49,15 @@ class Cgroup:
         return self.path.is_dir()
 
     def _read(self, name: str) -> str:
-        return fs.read_text(self.file(name))
+        if name not in _KEPT_OPEN:
+            return fs.read_text(self.file(name))
+        return self._kept(name).read().decode()
+
+    def _kept(self, name: str) -> fs.KeptOpen:
+        f = self._open.get(name)
+        if f is None:
+            f = self._open[name] = fs.KeptOpen(self.file(name), self.root.fake)
+        return f
 
     def _read_parsed(self, name: str, parser):  # type: ignore[no-untyped-def]
         text = self._read(name)
@@ -50,7 +73,13 @@ class Cgroup:
 
     # --- readers ---------------------------------------------------------
     def read_current(self) -> int:
-        return int(self._read_parsed("memory.current", str.strip))
+        # the hot path of every check: int() of the bytes, no decode or strip
+        data = self._kept("memory.current").read(64)
+        try:
+            return int(data)
+        except ValueError as e:
+            raise CgroupError(self.file("memory.current"),
+                              f"cannot parse {data[:80]!r}: {e}") from e
 
     def read_high(self) -> int | None:
         return self._read_parsed("memory.high", parse_limit)

@@ -49,6 +49,50 @@ def read_text(path: pathlib.Path) -> str:
         os.close(fd)
 
 
+class KeptOpen:
+    """A cgroup file opened once and re-read with pread(2) at offset 0: kernfs regenerates
+    the contents on every read from the start, so a check costs one system call, not
+    open + read + read-to-EOF + close (and no path handling). For small files only
+    (memory.current, memory.high, memory.events, memory.pressure).
+
+    `follow_replacement` (fake trees): a plain file may have been deleted or replaced
+    since it was opened, where a real cgroup file would answer ENODEV; then the path is
+    opened again (ENOENT: CgroupGone), at the price of one fstat per read."""
+
+    __slots__ = ("_fd", "follow", "path")
+
+    def __init__(self, path: pathlib.Path, follow_replacement: bool = False):
+        self.path = path
+        self.follow = follow_replacement
+        self._open()
+
+    def _open(self) -> None:
+        path = self.path
+        try:
+            self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise from_oserror(e, path, "open") from e
+
+    def read(self, size: int = 4096) -> bytes:
+        try:
+            if self.follow and os.fstat(self._fd).st_nlink == 0:
+                os.close(self._fd)
+                self._fd = -1
+                self._open()
+            return os.pread(self._fd, size, 0)
+        except OSError as e:
+            raise from_oserror(e, self.path, "read") from e
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            self.close()
+
+
 def write_text(path: pathlib.Path, data: str) -> None:
     """One write(2) of `data` (kernfs acts on each write call); O_NOFOLLOW, never O_CREAT.
     O_TRUNC is what a shell redirection does too: harmless on kernfs, exact on a fake tree."""

@@ -9,7 +9,9 @@ for --rounds rounds or --duration seconds, touches one byte of every page of the
 first --hot bytes and times each round (a round stalls when hot pages were swapped
 out). The cold rest is never touched again, so a reclaimer can push it to swap.
 --ready-file is created once the memory is filled; --hold keeps the memory for that
-many seconds after the rounds. Prints one JSON line at the end. Stdlib only.
+many seconds after the rounds. --grow-to makes the hot part that large once
+--grow-file exists (checked every round): the working set grows into memory that
+was cold (and maybe swapped out). Prints one JSON line at the end. Stdlib only.
 """
 
 from __future__ import annotations
@@ -57,9 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cgroup", type=Path, help="move into this cgroup directory first")
     p.add_argument("--ready-file", type=Path, help="created once the memory is filled")
     p.add_argument("--hold", type=float, default=0.0, help="keep the memory this long after")
+    p.add_argument("--grow-to", type=parse_size, help="hot size once --grow-file exists")
+    p.add_argument("--grow-file", type=Path)
     args = p.parse_args(argv)
-    if args.hot > args.size:
-        p.error("--hot must not exceed --size")
+    if args.hot > args.size or (args.grow_to or 0) > args.size:
+        p.error("--hot and --grow-to must not exceed --size")
+    if (args.grow_to is None) != (args.grow_file is None):
+        p.error("--grow-to and --grow-file go together")
 
     if args.cgroup:
         join_cgroup(args.cgroup)
@@ -71,19 +77,31 @@ def main(argv: list[str] | None = None) -> int:
         args.ready_file.touch()
 
     rounds: list[int] = []
+    hot, grown_at, grown_round = args.hot, None, None
     start = time.monotonic()
     while (len(rounds) < args.rounds if args.duration is None
            else time.monotonic() - start < args.duration):
+        if grown_at is None and args.grow_file is not None and args.grow_file.exists():
+            hot, grown_at, grown_round = args.grow_to, time.monotonic(), len(rounds)
         r0 = time.perf_counter_ns()
-        touch(mem, args.hot)
+        touch(mem, hot)
         rounds.append(time.perf_counter_ns() - r0)
         if args.interval:
             time.sleep(args.interval)
+    end = time.monotonic()
     if args.hold:
         time.sleep(args.hold)
     summary = {"workload": "anon_alloc", "size": args.size, "hot": args.hot,
-               "fill_s": round(fill_s, 3), "duration_s": round(time.monotonic() - start, 3),
+               "fill_s": round(fill_s, 3), "duration_s": round(end - start, 3),
                "cgroup": str(args.cgroup or ""), **latency_summary(rounds)}
+    if args.grow_to is not None:
+        # rounds per second before and after the growth: the hot loop's throughput
+        before = grown_round if grown_round is not None else len(rounds)
+        summary.update({
+            "grow_to": args.grow_to, "rounds_before": before,
+            "seconds_before": round((grown_at or end) - start, 3),
+            "rounds_after": len(rounds) - before,
+            "seconds_after": round(end - grown_at, 3) if grown_at is not None else 0.0})
     print(json.dumps(summary))
     return 0
 
