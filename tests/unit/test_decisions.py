@@ -71,9 +71,14 @@ class TestInterval:
         near = d.next_check_interval(940 * MiB, 950 * MiB, 500 * MiB, T)
         assert near < far
 
+    def test_a_static_cgroup_is_looked_at_once_per_max_interval(self):
+        # even just below its watermark: page cache sits there for good
+        assert d.next_check_interval(949 * MiB, 950 * MiB, 0, T) == T.max_interval
+
     def test_growth_floor_bounds_sleep_near_watermark_when_idle(self):
-        near = d.next_check_interval(949 * MiB, 950 * MiB, 0, T)
-        assert near < T.max_interval
+        floored = d.Tuning(growth_floor=64 * MiB)
+        near = d.next_check_interval(949 * MiB, 950 * MiB, 0, floored)
+        assert near < floored.max_interval
 
     def test_growth_ewma_follows_and_decays(self):
         rate, inst = d.growth(0, 0, 100 * MiB, 1.0, halflife=1.0)

@@ -21,13 +21,20 @@ class Tuning:
     min_interval: float = 0.01      # fastest re-check of a cgroup at or above its watermark
     max_interval: float = 1.0       # an idle cgroup is still checked this often
     wake_fraction: float = 0.5      # re-check after this share of the predicted time to it
-    growth_floor: float = 64 * MiB  # bytes/s assumed even for a cgroup that looks idle, so that a
-                                    # sudden burst near the watermark is caught in time
+    growth_floor: float = 0.0       # bytes/s assumed even for a cgroup that looks idle. 0: a
+                                    # static cgroup is looked at once per max_interval, even
+                                    # just below its watermark (where page cache sits for good);
+                                    # a burst is caught by the next look (its rate then moves
+                                    # the watermark down) or, faster than that, by the
+                                    # memory.events wake-up at memory.high (was 64 MiB/s:
+                                    # 100 checks/s per such cgroup, docs/benchmarks.md)
     growth_halflife: float = 2.0    # seconds; EWMA of the usage growth rate
     eagain_backoff_base: float = 0.1
     eagain_backoff_max: float = 5.0
     pressure_interval: float = 2.0  # Pressure mode: PSI sampling period
     pressure_probe_fraction: float = 0.01  # Pressure mode: reclaim at most 1% of usage per sample
+    working_set_window: float = 60.0  # Pressure mode: the working-set estimate is the lowest
+                                      # usage over this many seconds of probing
     stats_interval: float = 5.0     # how often memory.events / memory.pressure are re-read
     psi_stall_us: int = 20_000      # PSI trigger: 20 ms of "some" stall ...
     psi_window_us: int = 1_000_000  # ... within 1 s wakes the cgroup at once
@@ -173,7 +180,10 @@ def next_check_interval(usage: int, start: int, rate: float, tuning: Tuning) -> 
     [min_interval, max_interval]."""
     if usage >= start:
         return tuning.min_interval
-    eta = (start - usage) / max(rate, tuning.growth_floor)
+    bound = max(rate, tuning.growth_floor)
+    if bound <= 0:
+        return tuning.max_interval
+    eta = (start - usage) / bound
     return min(tuning.max_interval, max(tuning.min_interval, tuning.wake_fraction * eta))
 
 
@@ -286,3 +296,16 @@ def relief_over(usage: int, plan_high: int, headroom_percent: float, target_perc
     `hold` seconds ago."""
     return since_raise >= hold and usage <= watermark_levels(plan_high, headroom_percent,
                                                              target_percent)[1]
+
+
+def settled_usage(window: tuple[tuple[float, int], ...], now: float, usage: int,
+                  seconds: float) -> tuple[tuple[float, int], ...]:
+    """Pressure mode's working-set estimate: the lowest usage of the last `seconds`.
+
+    The probes keep taking memory until the stall share reaches its target or nothing
+    more is reclaimable, so the troughs of usage are what the pod needs at that
+    pressure; older troughs age out, so the estimate rises when the working set grows.
+    `window` holds (time, usage) with usage strictly increasing (a sliding-window
+    minimum): the estimate is window[0][1] after the call."""
+    kept = [(t, u) for t, u in window if t > now - seconds and u < usage]
+    return (*kept, (now, usage))

@@ -55,6 +55,9 @@ _PER_TARGET: tuple[tuple[str, str, str, bool], ...] = (
      "target over: times it went over memory.high.", "high_events", True),
     ("headroom_memory_pressure_stall_seconds", "Memory PSI 'some' stall time of the target "
      "since the agent took it over.", "psi_some_seconds", True),
+    ("headroom_working_set_bytes", "Pressure mode's working-set estimate of the target: its "
+     "lowest usage over the last minute of probing at the pressure target, bytes.",
+     "working_set_bytes", False),
     ("headroom_engine_lateness_seconds", "How late the target's last check ran against its "
      "schedule.", "lateness_seconds", False),
     ("headroom_memory_high_drift_corrections", "Times memory.high was found changed by "

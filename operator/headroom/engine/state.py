@@ -33,6 +33,8 @@ class CgroupState:
     last_time: float = 0.0
     last_stats: float = float("-inf")
     pressure_sample: tuple[float, int] | None = None
+    pressure_since: float | None = None       # first PSI sample of Pressure mode
+    usage_window: tuple[tuple[float, int], ...] = ()   # decisions.settled_usage
     consecutive_failures: int = 0
     backoff_until: float = 0.0
     bytes_bucket: Bucket = field(default_factory=lambda: Bucket(0.0, 0.0))

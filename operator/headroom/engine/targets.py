@@ -88,3 +88,6 @@ class TargetStats:
     relieved_high: int | None = None         # livelock guard: memory.high in effect above
                                              # the plan's (None: not relieved)
     relief_raises: int = 0                   # livelock guard: times memory.high was raised
+    working_set_bytes: int | None = None     # Pressure mode: lowest usage of the last
+                                             # Tuning.working_set_window s of probing; None
+                                             # before one window has passed (or other modes)

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 # Per-pod fields that change continuously and so are not a reason to write by themselves.
-COUNTER_FIELDS = ("usageBytes", "reclaimedBytes", "reclaimCpuSeconds")
+COUNTER_FIELDS = ("usageBytes", "reclaimedBytes", "reclaimCpuSeconds", "workingSetBytes")
 HEARTBEAT_FIELD = "heartbeat"
 
 
@@ -42,6 +42,7 @@ class StatsLike(Protocol):
     high_events: int
     last_error: str | None
     drift_corrections: int
+    working_set_bytes: int | None
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,15 @@ class PodProblem:
 
     reason: str
     message: str
+
+
+def binary_quantity(n: int) -> str:
+    """Bytes as a Kubernetes quantity for people (kubectl get): 137Mi, 1.5Gi."""
+    for unit, shift in (("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)):
+        if n >= 1 << shift:
+            value = n / (1 << shift)
+            return f"{value:.0f}{unit}" if value >= 100 else f"{value:.3g}{unit}"
+    return str(n)
 
 
 def rfc3339(ts: float) -> str:
@@ -86,6 +96,9 @@ def pod_status(pod: PodEntry, stats: StatsLike | None,
     relieved = getattr(stats, "relieved_high", None)
     if relieved is not None:
         out["relievedMemoryHigh"] = int(relieved)
+    ws = getattr(stats, "working_set_bytes", None)
+    if ws is not None:
+        out["workingSetBytes"] = int(ws)
     if stats.drift_corrections:
         out["driftCorrections"] = int(stats.drift_corrections)
     return out
@@ -113,6 +126,9 @@ def build_status(
         "appliedPods": sum(1 for p in per_pod if p["applied"]),
         "pods": per_pod,
     }
+    estimates = [p["workingSetBytes"] for p in per_pod if "workingSetBytes" in p]
+    if estimates:
+        status["workingSet"] = binary_quantity(sum(estimates))
     if generation is not None:
         status["observedGeneration"] = generation
     if driver:
@@ -122,7 +138,8 @@ def build_status(
 
 def significant_part(status: Mapping[str, Any]) -> dict[str, Any]:
     """The status without heartbeat and continuously moving counters."""
-    out = {k: v for k, v in status.items() if k not in ("pods", HEARTBEAT_FIELD)}
+    out = {k: v for k, v in status.items()
+           if k not in ("pods", HEARTBEAT_FIELD, "workingSet")}
     out["pods"] = [
         {k: v for k, v in p.items() if k not in COUNTER_FIELDS}
         for p in status.get("pods", [])

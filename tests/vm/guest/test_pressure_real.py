@@ -25,15 +25,19 @@ MiB = 1 << 20
 def test_pressure_mode_shrinks_to_the_hot_set_and_backs_off(zram_swap: int,
                                                             scratch_dir: Path) -> None:
     target = ReclaimSettings().pressure_target_percent
-    opts = bench_pressure.Options(cold_mib=256, hot_mib=32, grow_mib=96, settle_s=75,
-                                  grow_s=30, target_percent=target, pressure_interval=1.0,
+    # the settle phase ends once usage is down to twice the hot set (after the minute the
+    # working-set estimate needs), at 240 s at the latest: the emulated guest's speed
+    # varies several-fold with the host's load
+    opts = bench_pressure.Options(cold_mib=256, hot_mib=32, grow_mib=96, settle_s=240,
+                                  settle_until_mib=64, min_settle_s=65, grow_s=30,
+                                  target_percent=target, pressure_interval=1.0,
                                   probe_fraction=0.03)
     run = bench_pressure.run_arm("headroom", opts, scratch_dir)
     s = bench_pressure.summarize(run, opts)
     print(f"pressure mode: {s}")
     assert s["usage_start_mib"] >= 280, s        # the cold part is resident at the start
-    # shrinks toward the hot set: more than two thirds of the cold part is gone ...
-    assert s["usage_settled_mib"] <= opts.hot_mib + opts.cold_mib / 3, s
+    # shrinks toward the hot set: seven eighths of the cold part are gone ...
+    assert s["usage_settled_mib"] <= 64, s
     assert s["swap_settled_mib"] >= opts.cold_mib / 2, s
     # ... while the stall share stays within its target and the hot loop keeps its pages
     assert s["psi_settle_pct"] <= target, s
@@ -42,5 +46,9 @@ def test_pressure_mode_shrinks_to_the_hot_set_and_backs_off(zram_swap: int,
     assert s["usage_settled_mib"] < opts.grow_mib * 0.9, s
     assert s["usage_grown_mib"] >= opts.grow_mib * 0.9, s
     assert s["reclaimed_grow_mib"] < (s["usage_grown_mib"] - s["usage_settled_mib"]), s
+    # the working-set estimate (its lowest usage over the last minute) at the growth:
+    # the settled usage, not below the hot set
+    ws = s["working_set_settled_mib"]
+    assert ws is not None and opts.hot_mib <= ws <= s["usage_settled_mib"] * 1.02, s
     eng = run["engine"]
     assert eng["reason"] == "Applied" and eng["last_error"] is None, eng

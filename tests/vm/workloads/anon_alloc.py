@@ -79,15 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     rounds: list[int] = []
     hot, grown_at, grown_round = args.hot, None, None
     start = time.monotonic()
-    while (len(rounds) < args.rounds if args.duration is None
-           else time.monotonic() - start < args.duration):
-        if grown_at is None and args.grow_file is not None and args.grow_file.exists():
-            hot, grown_at, grown_round = args.grow_to, time.monotonic(), len(rounds)
-        r0 = time.perf_counter_ns()
-        touch(mem, hot)
-        rounds.append(time.perf_counter_ns() - r0)
-        if args.interval:
-            time.sleep(args.interval)
+    try:
+        while (len(rounds) < args.rounds if args.duration is None
+               else time.monotonic() - start < args.duration):
+            if grown_at is None and args.grow_file is not None and args.grow_file.exists():
+                hot, grown_at, grown_round = args.grow_to, time.monotonic(), len(rounds)
+            r0 = time.perf_counter_ns()
+            touch(mem, hot)
+            rounds.append(time.perf_counter_ns() - r0)
+            if args.interval:
+                time.sleep(args.interval)
+    except KeyboardInterrupt:   # SIGINT: stop early, still report
+        pass
     end = time.monotonic()
     if args.hold:
         time.sleep(args.hold)

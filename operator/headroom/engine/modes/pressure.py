@@ -26,6 +26,12 @@ class Pressure(Watermark):
             return 0
         total = st.cg.read_pressure().some.total_us
         st.pressure_sample = (c.now, total)
+        if st.pressure_since is None:
+            st.pressure_since = c.now
+        st.usage_window = d.settled_usage(st.usage_window, c.now, c.usage,
+                                          tn.working_set_window)
+        if c.now - st.pressure_since >= tn.working_set_window:
+            st.stats.working_set_bytes = st.usage_window[0][1]
         if prev is None:
             return 0
         share = d.pressure_share(prev[1], total, c.now - prev[0])
