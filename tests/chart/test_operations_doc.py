@@ -16,7 +16,7 @@ def exposed_metric_names() -> set[str]:
     """Names in the agent's /metrics text, with one pod and probed capabilities."""
     metrics = AgentMetrics()
     stats = TargetStats(applied=True, reason="Applied", memory_high=1 << 28, usage_bytes=1,
-                        relieved_high=1 << 29)   # every optional series present
+                        relieved_high=1 << 29, working_set_bytes=1)   # every optional series
     sample = TargetSample("uid-1", {"namespace": "default", "pod": "web-0"}, stats)
     metrics.watch(lambda: [sample], lambda: Capabilities(True, False, True))
     metrics.status_writes.labels(result="ok").inc()
