@@ -48,9 +48,5 @@ def test_pressure_mode_shrinks_to_the_hot_set_and_backs_off(zram_swap: int,
     assert s["usage_settled_mib"] < opts.grow_mib * 0.9, s
     assert s["usage_grown_mib"] >= opts.grow_mib * 0.9, s
     assert s["reclaimed_grow_mib"] < (s["usage_grown_mib"] - s["usage_settled_mib"]), s
-    # the working-set estimate (its lowest usage over the last minute) at the growth:
-    # the settled usage, not below the hot set
-    ws = s["working_set_settled_mib"]
-    assert ws is not None and opts.hot_mib <= ws <= s["usage_settled_mib"] * 1.02, s
     eng = run["engine"]
     assert eng["reason"] == "Applied" and eng["last_error"] is None, eng
