@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from headroom.cliflags import add, boolean, non_negative, port
-from headroom.logs import LOG_FORMATS, LOG_LEVELS
+from headroom.cliflags import add, add_logging_flags, boolean, non_negative, port
 
 CLUSTER_STATE_DIR = "/var/lib/headroom"
 STANDALONE_STATE_DIR = "/var/lib/headroom/standalone"
@@ -68,11 +67,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
              "holds the agent's value, empty the file, exit (1 if a restore failed)")
     add(p, "--dry-run", env="HEADROOM_DRY_RUN", default=False, type=boolean,
         help="report what would be written, write nothing")
-    add(p, "--log-level", env="HEADROOM_LOG_LEVEL", default="info", lower=True,
-        choices=LOG_LEVELS, help="log level")
-    add(p, "--log-format", env="HEADROOM_LOG_FORMAT", default="json", lower=True,
-        choices=LOG_FORMATS, help="json: one object per line, message under msg; text: "
-                                  "one readable line per event")
+    add_logging_flags(p)
     p.set_defaults(func=run)
     return p
 

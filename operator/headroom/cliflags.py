@@ -18,6 +18,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from headroom.logs import LOG_FORMATS, LOG_LEVELS
+
 TRUE = frozenset({"1", "true", "yes", "y", "on"})
 FALSE = frozenset({"0", "false", "no", "n", "off", ""})
 
@@ -123,3 +125,12 @@ def add(p: argparse.ArgumentParser, *flags: str, env: str, default: Any,
     # choices are checked by the converter, for command-line and environment values alike
     return p.add_argument(*flags, type=_converter(type, choices, lower), default=dflt,
                           help=text, **kw)
+
+
+def add_logging_flags(p: argparse.ArgumentParser) -> None:
+    """--log-level and --log-format, the same for every command."""
+    add(p, "--log-level", env="HEADROOM_LOG_LEVEL", default="info", lower=True,
+        choices=LOG_LEVELS, help="log level")
+    add(p, "--log-format", env="HEADROOM_LOG_FORMAT", default="json", lower=True,
+        choices=LOG_FORMATS, help="json: one object per line, message under msg; text: "
+                                  "one readable line per event")

@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 from chart_render import CHART, ROOT, Doc, by_kind, container, env_of, one, render
 from headroom import agentcli as agent_cli
+from headroom import cliflags
 from headroom.controller import cli as operator_cli
 
 VALUE_SETS: dict[str, dict[str, str]] = {
@@ -167,7 +168,7 @@ def test_agent_container_args_and_env_are_understood(
     assert args.cpu_budget == 0.5
     assert (args.cgroup_driver, args.kubelet_cgroup_root) == ("auto", "auto")
     assert args.dry_run is False
-    cli_source = Path(agent_cli.__file__).read_text()
+    cli_source = Path(agent_cli.__file__).read_text() + Path(cliflags.__file__).read_text()
     for name in env_of(c):
         assert f'"{name}"' in cli_source, f"the agent does not read {name}"
 

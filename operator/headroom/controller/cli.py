@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from headroom.cliflags import add, non_negative, port
-from headroom.logs import LOG_FORMATS, LOG_LEVELS
+from headroom.cliflags import add, add_logging_flags, non_negative, port
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -32,11 +31,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="address the health and metrics endpoints bind")
     add(p, "--liveness", env="HEADROOM_LIVENESS_ENDPOINT", default="", metavar="URL",
         help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz; empty: none")
-    add(p, "--log-level", env="HEADROOM_LOG_LEVEL", default="info", lower=True,
-        choices=LOG_LEVELS, help="log level")
-    add(p, "--log-format", env="HEADROOM_LOG_FORMAT", default="json", lower=True,
-        choices=LOG_FORMATS, help="json: one object per line, message under msg; text: "
-                                  "one readable line per event")
+    add_logging_flags(p)
     p.set_defaults(func=run)
     return p
 

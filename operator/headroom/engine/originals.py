@@ -21,15 +21,13 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headroom.durable import atomic_write_json
-from headroom.logs import event
+from headroom.durable import atomic_write_json, set_aside
 
 FILE = "originals.json"
 VERSION = 2
@@ -101,7 +99,6 @@ class OriginalsJournal:
 
 INT64_MAX = 2**63 - 1
 PAGE_SIZE = 4096      # what the kernel reads back is page aligned (4 KiB on every arch we run)
-SET_ASIDE_SUFFIX = ".corrupt"
 
 
 def _int_or_none(v: Any) -> int | None:
@@ -127,27 +124,6 @@ def _entry(raw: Any, version: int) -> Saved:
         raise ValueError(f"ours is not a list: {ours!r}")
     return Saved(_int_or_none(raw.get("original")), path,
                  tuple(v for v in (_int_or_none(x) for x in ours) if v is not None))
-
-
-def set_aside(path: Path, problem: str, on_set_aside: Callable[[str], Any] | None,
-              copy: bool = False) -> None:
-    """Keep a bad file for a person to look at (moved, or copied when the valid part is
-    kept in place); one log line, and the hook counts it in a metric."""
-    aside = path.with_name(path.name + SET_ASIDE_SUFFIX)
-    try:
-        if copy:
-            shutil.copyfile(path, aside)
-        else:
-            os.replace(path, aside)
-        moved: str | None = str(aside)
-    except OSError as e:
-        moved = None
-        problem = f"{problem}; could not move it aside: {e.strerror or e}"
-    event(log, "state_file_set_aside", logging.ERROR, path=str(path), error=problem,
-          moved_to=moved)
-    if on_set_aside is not None:
-        with contextlib.suppress(Exception):
-            on_set_aside(path.name)
 
 
 def read(path: Path, on_set_aside: Callable[[str], Any] | None = None) -> dict[str, Saved]:

@@ -15,20 +15,17 @@ exits on its own files would crash-loop on them until someone deletes them by ha
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from headroom.durable import atomic_write_json
-from headroom.logs import event
+from headroom.durable import atomic_write_json, set_aside
 
 FORMAT_VERSION = 1
 PLAN_FILE = "plan.json"
-SET_ASIDE_SUFFIX = ".corrupt"
+
 
 log = logging.getLogger("headroom.planstate")
 
@@ -53,19 +50,7 @@ class StateStore:
 
     def set_aside(self, name: str, problem: str) -> None:
         """Keep the bad file for a person to look at; the agent goes on without it."""
-        path = self.dir / name
-        aside = path.with_name(path.name + SET_ASIDE_SUFFIX)
-        try:
-            os.replace(path, aside)
-            moved: str | None = str(aside)
-        except OSError as e:
-            moved = None
-            problem = f"{problem}; could not move it aside: {e.strerror or e}"
-        event(log, "state_file_set_aside", logging.ERROR, path=str(path), error=problem,
-              moved_to=moved)
-        if self.on_set_aside is not None:
-            with contextlib.suppress(Exception):
-                self.on_set_aside(name)
+        set_aside(self.dir / name, problem, self.on_set_aside)
 
     def _load(self, name: str, key: str) -> Any | None:
         path = self.dir / name
