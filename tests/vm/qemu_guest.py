@@ -557,6 +557,17 @@ def junit_counts(xml_text: str) -> dict[str, int]:
             for k in ("tests", "failures", "errors", "skipped")}
 
 
+def junit_failures(xml_text: str, limit: int = 1500) -> str:
+    """The failed and errored test cases of a junit file, each with the head of its
+    message: put first in a failure report, so that a truncated log still says why."""
+    parts = []
+    for case in ET.fromstring(xml_text).iter("testcase"):
+        for bad in (*case.findall("failure"), *case.findall("error")):
+            text = (bad.get("message") or "") + "\n" + (bad.text or "")
+            parts.append(f"{case.get('classname')}::{case.get('name')}: {text.strip()[:limit]}")
+    return "\n\n".join(parts)
+
+
 def main(args: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vm-run", description="Run a command from the checkout in the QEMU test guest.")

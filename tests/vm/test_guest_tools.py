@@ -215,6 +215,17 @@ def test_junit_counts() -> None:
     assert qemu_guest.junit_counts(xml) == {"tests": 6, "failures": 1, "errors": 1, "skipped": 2}
 
 
+def test_junit_failures_name_each_failed_case_with_its_message() -> None:
+    xml = ('<testsuite><testcase classname="a" name="ok"/>'
+           '<testcase classname="a" name="bad"><failure message="assert 1 == 0">tb</failure>'
+           '</testcase><testcase classname="b" name="err"><error message="boom"/></testcase>'
+           '<testcase classname="c" name="skip"><skipped/></testcase></testsuite>')
+    text = qemu_guest.junit_failures(xml, limit=13)
+    assert text.split("\n\n") == ["a::bad: assert 1 == 0", "b::err: boom"]
+    assert qemu_guest.junit_failures('<testsuite><testcase classname="a" name="ok"/>'
+                                     '</testsuite>') == ""
+
+
 def test_workloads_are_stdlib_only() -> None:
     allowed = {"argparse", "json", "mmap", "os", "sys", "time", "pathlib", "__future__",
                "guest_support"}

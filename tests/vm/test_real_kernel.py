@@ -69,6 +69,9 @@ def test_guest_session(kernel: str) -> None:
             f"{header}\n--- guest stdout:\n{result.stdout}\n--- guest stderr:\n{result.stderr}")
         assert junit.exists(), f"the guest session wrote no junit file\n{output}"
         counts = qemu_guest.junit_counts(junit.read_text())
+        failures = qemu_guest.junit_failures(junit.read_text())
+    # The failures' own messages last: a CI log may keep only the tail of a long report.
+    output = f"{output}\n--- failed in the guest:\n{failures}" if failures else output
     assert result.rc == 0, f"guest pytest on {kernel} exited {result.rc}\n{output}"
     assert counts["failures"] == counts["errors"] == 0, output
     ran = counts["tests"] - counts["skipped"]
