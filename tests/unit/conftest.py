@@ -95,6 +95,7 @@ class FakeKernel(CgroupRoot):
         self.tree = tree
         self.swappiness_supported = True
         self.floor: dict[str, int] = {}  # rel -> unreclaimable bytes
+        self.overshoot: dict[str, int] = {}  # rel -> bytes freed per write beyond those asked
         self.reclaim_calls: list[tuple[str, int, int | None]] = []
         self.watches: list[PipeWatch] = []
         self.lock = threading.Lock()
@@ -114,7 +115,8 @@ class FakeKernel(CgroupRoot):
             if swappiness is not None and not self.swappiness_supported:
                 raise UnsupportedKey(cg.file("memory.reclaim"), "write failed (EINVAL)")
             current = self.tree.current(rel)
-            freed = max(0, min(nbytes, current - self.floor.get(rel, 0)))
+            freed = max(0, min(nbytes + self.overshoot.get(rel, 0),
+                               current - self.floor.get(rel, 0)))
             self.tree.write(rel, "memory.current", f"{current - freed}\n")
         if freed < nbytes:
             raise PartialReclaim(cg.file("memory.reclaim"), "write failed (EAGAIN)")

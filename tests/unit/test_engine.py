@@ -80,6 +80,20 @@ def test_keeps_a_growing_cgroup_below_memory_high(sim, fake_kernel):
     assert all(n <= 16 * MiB for _, n, _ in fake_kernel.reclaim_calls)
 
 
+
+def test_reclaimed_bytes_count_what_the_kernel_freed_beyond_the_request(sim, fake_kernel):
+    # the kernel frees whole batches and may free more than asked in one write
+    fake_kernel.tree.add("web", current=250 * MiB)
+    fake_kernel.overshoot["web"] = 4 * MiB
+    sim.engine.set_targets([sim.target("web")])   # its capability probe writes once too
+    start, probes = fake_kernel.tree.current("web"), len(fake_kernel.reclaim_calls)
+    sim.run(0.5)
+    asked = sum(n for _, n, _ in fake_kernel.reclaim_calls[probes:])
+    freed = start - fake_kernel.tree.current("web")
+    assert 0 < asked < freed
+    assert sim.stats("web").reclaimed_bytes == freed
+
+
 def test_without_engine_the_same_workload_hits_memory_high(fake_kernel):
     """Control for the test above: the fake kernel does count high events."""
     fake_kernel.tree.add("web", current=100 * MiB, high=HIGH)

@@ -437,8 +437,10 @@ class ReclaimEngine:
         self._keep_deadline(st, now)
 
     def _reclaimed(self, st: CgroupState, r: _Result, now: float) -> None:
-        # Success means the kernel freed at least what was asked.
-        st.stats.reclaimed_bytes += r.job.nbytes
+        # Success means the kernel freed at least what was asked; it may free more in one
+        # write (whole batches), which the drop in usage shows as a lower bound.
+        dropped = r.job.usage_before - r.usage_after if r.usage_after is not None else 0
+        st.stats.reclaimed_bytes += max(r.job.nbytes, dropped)
         if r.usage_after is not None:
             modes.get(st.target.settings.mode).reclaimed(st, r.usage_after, self.tuning)
         if st.consecutive_failures:

@@ -140,7 +140,10 @@ def test_guard_lets_an_unreclaimable_allocation_complete(make_cgroup, scratch_di
     assert done, summary
     assert during.relief_raises >= 1 and during.reason == "Unreclaimable", summary
     assert highest <= MAX // MiB, summary
-    assert guard_events < k_events / 4, summary
+    # Throttling is measured by the stall (PSI); the high events only have to be fewer:
+    # how many the guard's few raises take depends on the machine's speed (measured
+    # 25 against 255 on 6.1, with 0.1 s against 24 s of stall)
+    assert guard_events < k_events, summary
     assert guard_stall[0] < k_stall[0] / 4, summary
     # then usage fell and the plan's value is back, through the ordinary path
     assert back == PLAN, summary
