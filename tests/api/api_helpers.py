@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 import shutil
 import subprocess
@@ -23,6 +24,15 @@ from kube_store import Store
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
 VENV_BIN = pathlib.Path(sys.executable).parent
+# the servers a backend-parametrized test runs against: the emulator always, the real
+# control plane (tests/controlplane) when HEADROOM_CONTROLPLANE=1
+BACKENDS = ["emulator", *(["real"] if os.environ.get("HEADROOM_CONTROLPLANE") == "1" else [])]
+
+
+def backend(request: pytest.FixtureRequest) -> Any:
+    """For a `cluster` fixture with params=BACKENDS: the emulator's or the real one."""
+    return request.getfixturevalue("real_cluster" if request.param == "real"
+                                   else "emulator_cluster")
 
 
 def kubectl_binary() -> str:
@@ -91,6 +101,20 @@ class Cluster:
 
     def plan_writes(self) -> int:
         return sum(1 for w in self.store.writes if w.plural == "nodereclaimplans" and w.changed)
+
+    def write_counts(self) -> dict[tuple[str, str, str], int]:
+        """(verb, plural, subresource) -> writes the store answered."""
+        return dict(self.store.write_counts())
+
+    def patch_status(self, plural: str, name: str, status: dict[str, Any],
+                     namespace: str = "") -> dict[str, Any]:
+        """What an agent's status write does (a merge patch of the status subresource)."""
+        return self.store.patch(self.rtype(plural), namespace, name, "merge",
+                                {"status": status}, subresource="status")
+
+    def expire_watches(self) -> None:
+        """Every open watch ends with 410 Gone; older resourceVersions are forgotten."""
+        self.emu.expire_watches()
 
 
 PLURALS = {"Node": "nodes", "Pod": "pods", "Namespace": "namespaces",

@@ -1,4 +1,11 @@
-"""Fixtures of the API-emulator tier: an emulator per test, the operator (thread or process)."""
+"""Fixtures of the API tier: an emulator per test (`cluster`), the real control plane
+(`real_cluster`: tests/controlplane, shared by the session and emptied around each
+test), and the operator (thread or process) on whichever `cluster` a module uses.
+
+Modules whose tests hold on both servers (test_operator.py, test_e2e_operator_agent.py)
+override `cluster` with one parametrized over api_helpers.BACKENDS: the emulator always,
+the real control plane too when HEADROOM_CONTROLPLANE=1 (tests/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import pathlib
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -15,6 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 # the fake cgroup trees of the unit tier (fake_cgroup_tree, fake_kubepods): modules with
 # names of their own, never `conftest`, so both tiers can run in one session
 sys.path.insert(1, str(pathlib.Path(__file__).parents[1] / "unit"))
+sys.path.insert(2, str(pathlib.Path(__file__).parents[1] / "controlplane"))
 
 from api_helpers import CRDS, VENV_BIN, Cluster, OperatorThread
 from emulator import EmulatorThread, write_kubeconfig
@@ -22,12 +31,27 @@ from kube_store import Store
 
 
 @pytest.fixture
-def cluster(tmp_path: pathlib.Path) -> Iterator[Cluster]:
+def emulator_cluster(tmp_path: pathlib.Path) -> Iterator[Cluster]:
     store = Store()
     store.load(doc for f in sorted(CRDS.glob("*.yaml"))
                for doc in yaml.safe_load_all(f.read_text()) if doc)
     with EmulatorThread(store=store) as emu:
         yield Cluster(emu, write_kubeconfig(tmp_path / "kubeconfig", emu.url))
+
+
+@pytest.fixture
+def real_cluster(control_plane: Any) -> Iterator[Any]:
+    from real_cluster import RealCluster
+
+    real = RealCluster(control_plane)
+    real.reset()
+    yield real
+    real.reset()
+
+
+@pytest.fixture
+def cluster(emulator_cluster: Cluster) -> Cluster:
+    return emulator_cluster
 
 
 @pytest.fixture

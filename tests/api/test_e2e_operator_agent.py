@@ -1,10 +1,11 @@
-"""End to end, every part its own process: the API-server emulator, `headroom operator`
-and `headroom agent` (cluster mode, on a fake cgroupfs kubepods tree), driven with
-kubectl as a user would.
+"""End to end, every part its own process: the API server (the emulator, and with
+HEADROOM_CONTROLPLANE=1 also the real kube-apiserver on etcd, tests/controlplane),
+`headroom operator` and `headroom agent` (cluster mode, on a fake cgroupfs kubepods
+tree), driven with kubectl as a user would.
 
 apply Node + Pods -> apply examples/policy-limit-percent.yaml -> memory.high in the
 right pod directories, plan status written by the agent, policy Enforced -> the API
-server is killed: the agent keeps enforcing (puts back a memory.high changed by hand)
+server is killed (SIGKILL): the agent keeps enforcing (puts back a memory.high changed by hand)
 -> the API server comes back on the same port and state: agent and operator reconnect
 -> kubectl delete of the policy: every memory.high is restored exactly.
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from api_helpers import CRDS, ROOT, VENV_BIN, kubectl_binary, pod, wait_for
+from api_helpers import BACKENDS, CRDS, ROOT, VENV_BIN, kubectl_binary, pod, wait_for
 from fake_cgroup_tree import FakeTree
 from fake_kubepods import make_kubepods, make_pod, pod_rel
 from headroom.nodeagent.podcgroups import Driver
@@ -36,9 +37,10 @@ NODE = "node-1"
 class Procs:
     """The processes of one test, each logging to its own file; all ended at teardown."""
 
-    def __init__(self, tmp: pathlib.Path) -> None:
+    def __init__(self, tmp: pathlib.Path, real: Any = None) -> None:
         self.tmp = tmp
-        self.kubeconfig = tmp / "kubeconfig"
+        self.real = real          # a RealCluster, or None: the emulator as a process
+        self.kubeconfig = real.kubeconfig if real else tmp / "kubeconfig"
         self.state = tmp / "etcd.json"
         self.port = 0
         self.emulator: subprocess.Popen[bytes] | None = None
@@ -55,8 +57,13 @@ class Procs:
         path = self.tmp / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def start_emulator(self) -> None:
-        """On the port it had before (0 the first time), on the state it had before."""
+    def start_server(self) -> None:
+        """On the port it had before, on the state it had before (the emulator's file,
+        the real server's etcd)."""
+        if self.real:     # the session's server: started unless it is running
+            if self.real.cp.procs["kube-apiserver"].poll() is not None:
+                self.real.cp.start_apiserver()
+            return
         before = self.log("emulator").count("listening on")
         self.emulator = self.spawn("emulator", [
             sys.executable, str(ROOT / "tests/api/emulator.py"), "--port", str(self.port),
@@ -68,7 +75,10 @@ class Procs:
                         what="the emulator listening")
         self.port = int(line.split()[0].rsplit(":", 1)[1])
 
-    def kill_emulator(self) -> None:
+    def kill_server(self) -> None:
+        if self.real:
+            self.real.cp.stop_apiserver(kill=True)     # etcd is all that survives
+            return
         assert self.emulator is not None
         self.emulator.kill()            # no goodbye: the state file is all that survives
         self.emulator.wait(10)
@@ -98,12 +108,21 @@ class Procs:
     def get(self, *args: str) -> dict[str, Any]:
         return json.loads(self.kubectl("get", *args, "-o", "json"))
 
+    def apply(self, docs: list[dict[str, Any]]) -> None:
+        if self.real:          # a Node there is the simulated kubelet's (real_cluster.py)
+            self.real.apply(docs)
+        else:
+            self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
 
-@pytest.fixture
-def procs(tmp_path: pathlib.Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
+
+@pytest.fixture(params=BACKENDS)
+def procs(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Procs]:
+    real = request.getfixturevalue("real_cluster") if request.param == "real" else None
+    p = Procs(tmp_path, real)
     yield p
     p.stop_all()
+    if real:
+        p.start_server()                     # a failed test must not leave it down
     for name in ("emulator", "operator", "agent"):
         print(f"---- {name} log (tail) ----\n{p.log(name)[-3000:]}")
 
@@ -126,13 +145,13 @@ def _plan_status_pods(procs: Procs) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.slow
 def test_kubectl_to_cgroup_files_and_back(procs: Procs, tmp_path: pathlib.Path) -> None:
-    procs.start_emulator()
-    procs.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
+    procs.start_server()
+    procs.apply([
         {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}},
         pod("web-0", NODE, {"app": "web"}, limit="1Gi", request="256Mi"),   # Burstable
         _guaranteed("web-1", "512Mi"),                                       # Guaranteed
         pod("db-0", NODE, {"app": "db"}, limit="1Gi", request="256Mi"),     # not selected
-    ]))
+    ])
     pods = {p["metadata"]["name"]: p for p in procs.get("pods")["items"]}
     assert pods["web-1"]["status"]["qosClass"] == "Guaranteed"
 
@@ -177,14 +196,14 @@ def test_kubectl_to_cgroup_files_and_back(procs: Procs, tmp_path: pathlib.Path) 
     assert policy["status"]["matchedPods"] == 2
 
     # the API server goes away; the agent keeps enforcing, including against drift
-    procs.kill_emulator()
+    procs.kill_server()
     tree.write(rel["web-0"], "memory.high", "max\n")
     wait_for(lambda: tree.high(rel["web-0"]) == str(expected["web-0"]), timeout=30,
              what="drift put back while the API server is down")
     assert agent.poll() is None
 
     # back on the same port and state: the agent reconnects and reports the drift
-    procs.start_emulator()
+    procs.start_server()
     wait_for(lambda: _plan_status_pods(procs).get("web-0", {}).get("driftCorrections"),
              timeout=45, what="agent reconnected and reported the drift correction")
 
