@@ -151,8 +151,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
 class ControlPlane:
     """Start with `start()`, end with `stop()`; files (logs, PKI, data) under `root`."""
 
-    def __init__(self, bin_dir: Path, root: Path) -> None:
+    def __init__(self, bin_dir: Path, root: Path, apiserver_args: tuple[str, ...] = ()
+                 ) -> None:
         self.bin_dir, self.root = bin_dir, root
+        self.apiserver_args = apiserver_args      # extra flags (the benchmark's audit log)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.etcd_port = free_port()
         self.port = free_port()
@@ -244,7 +246,7 @@ class ControlPlane:
             # a loopback address may not be an Endpoints address: no kubernetes endpoint
             "--endpoint-reconciler-type", "none",
             "--cert-dir", str(self.root / "apiserver-certs"),
-            "--profiling=false", "--v", "1"])
+            "--profiling=false", "--v", "1", *self.apiserver_args])
         wait_until(lambda: self._alive("kube-apiserver")
                    and self.admin.request("GET", "/readyz", timeout=5), timeout,
                    "kube-apiserver /readyz")
