@@ -12,7 +12,8 @@ table also gives the operator's requests by verb and resource.
   the time from `kubectl apply` to every affected plan being written, and the writes it
   cost (the goal is one per affected node).
 * ``startup`` (``--pods`` may repeat, e.g. 2000 and 10000; one node per 40 pods,
-  ``--policies`` policies, default 10, each selecting 1/N of the pods): cold start
+  ``--policies`` policies, default 10, each selecting 1/N of the pods;
+  ``--pods-per-node`` 40): cold start
   (no plans: start -> every plan written), then a restart with the plans in place
   (start -> a pod relabelled right at process start has left its plan; plan writes
   beyond that change must be 0), then a change made right after.
@@ -191,8 +192,9 @@ def _requests_line(before: collections.Counter[tuple[str, str, str]],
 
 # ---- scenario: start-up ------------------------------------------------------------------
 
-def bench_startup(pods: int, apps: int, tmp: pathlib.Path, timeout: float) -> dict[str, Any]:
-    nodes = max(1, pods // PODS_PER_NODE)
+def bench_startup(pods: int, apps: int, tmp: pathlib.Path, timeout: float,
+                  per_node: int = PODS_PER_NODE) -> dict[str, Any]:
+    nodes = max(1, pods // per_node)
     b = Bench(tmp, f"startup-{pods}-{apps}")
     out: dict[str, Any] = {"pods": pods, "nodes": nodes, "policies": apps}
     try:
@@ -329,6 +331,8 @@ def main() -> int:
                         help="pods (startup: may repeat; default 2000, and 10000 for startup)")
     parser.add_argument("--nodes", type=int, default=50, help="nodes (changes scenario)")
     parser.add_argument("--policies", type=int, default=10, help="policies (startup)")
+    parser.add_argument("--pods-per-node", type=int, default=PODS_PER_NODE,
+                        help="startup: pods per node (nodes = pods / this)")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="startup: give up on a cold start after this many seconds")
     args = parser.parse_args()
@@ -340,7 +344,8 @@ def main() -> int:
     if args.scenario in ("startup", "all"):
         rows = []
         for pods in args.pods or [2000, 10000]:
-            rows.append(bench_startup(pods, args.policies, tmp, args.timeout))
+            rows.append(bench_startup(pods, args.policies, tmp, args.timeout,
+                                      args.pods_per_node))
             print(f"done: {rows[-1]}", file=sys.stderr)
         print_startup(rows)
     return 0
