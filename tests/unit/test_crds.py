@@ -342,6 +342,8 @@ INVALID_SPECS = {
     "value-non-ascii": ({"selector": {"matchLabels": {"app": "café"}}},
                         "label values must be"),
     "value-null": ({"selector": {"matchLabels": {"app": None}}}, "is not of type"),
+    # kubectl apply (client side) drops a null label value: {app: null} arrives as {}
+    "labels-empty": ({"selector": {"matchLabels": {}}}, "must not be empty"),
     "expr-key-bad": ({"selector": {"matchExpressions": [
         {"key": "a/b/c", "operator": "Exists"}]}}, "key must be a qualified name"),
     "expr-value-bad": ({"selector": {"matchExpressions": [
@@ -418,3 +420,35 @@ def test_resolved_plans_are_valid_node_reclaim_plans() -> None:
         plan = {"apiVersion": "headroom.dev/v1alpha1", "kind": "NodeReclaimPlan",
                 "metadata": {"name": node}, "spec": spec}
         assert validate(plan) == []
+
+
+def test_a_null_label_dropped_by_kubectl_apply_is_refused_by_the_operator() -> None:
+    """`kubectl apply` of matchLabels {app: null, tier: web} sends {tier: web} (it drops
+    nulls client side, so the CRD never sees one); the manifest it keeps in the
+    last-applied annotation still has the null, and the operator refuses the policy."""
+    import json
+
+    from headroom.api.policy import LAST_APPLIED, PolicyError
+
+    for kind in POLICY_KINDS:
+        written = policy(kind, selector={"matchLabels": {"app": None, "tier": "web"}})
+        stored = policy(kind, selector={"matchLabels": {"tier": "web"}})
+        assert validate(stored) == []
+        stored["metadata"]["annotations"] = {LAST_APPLIED: json.dumps(written)}
+        with pytest.raises(PolicyError, match=r"spec.selector.matchLabels\[app\]: null in the "
+                                              "manifest last applied with kubectl"):
+            parse_policy(stored, kind)
+        # a later fix (kubectl edit gave the label a value) is not held against it
+        fixed = policy(kind, selector={"matchLabels": {"app": "api", "tier": "web"}})
+        fixed["metadata"]["annotations"] = {LAST_APPLIED: json.dumps(written)}
+        parse_policy(fixed, kind)
+        # a broken annotation is not the policy's fault
+        stored["metadata"]["annotations"] = {LAST_APPLIED: "{not json"}
+        parse_policy(stored, kind)
+    cluster = policy("ClusterMemoryReclaimPolicy",
+                     namespaceSelector={"matchLabels": {"team": "a"}})
+    written = json.loads(json.dumps(cluster))
+    written["spec"]["namespaceSelector"]["matchLabels"]["env"] = None
+    cluster["metadata"]["annotations"] = {LAST_APPLIED: json.dumps(written)}
+    with pytest.raises(PolicyError, match=r"spec.namespaceSelector.matchLabels\[env\]"):
+        parse_policy(cluster, "ClusterMemoryReclaimPolicy")

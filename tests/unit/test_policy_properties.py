@@ -58,7 +58,8 @@ cpu_quantity = (st.integers(1, plan.MAX_CPU_BUDGET_CORES)
 def selector(draw: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if draw(st.booleans()):
-        out["matchLabels"] = draw(st.dictionaries(label_key, label_value, max_size=4))
+        out["matchLabels"] = draw(st.dictionaries(label_key, label_value, min_size=1,
+                                                  max_size=4))
     if draw(st.booleans()):
         exprs = []
         for _ in range(draw(st.integers(0, 3))):

@@ -8,6 +8,7 @@ is a ``PolicyError`` with a condition reason and a message naming the field.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +29,12 @@ from headroom.api.plan import (
 )
 from headroom.api.pod import PodMemory
 from headroom.api.quantity import PAGE_SIZE, QuantityError, page_align_down, parse, parse_bytes
-from headroom.api.selector import LabelSelector, SelectorError, compile_selector
+from headroom.api.selector import (
+    LabelSelector,
+    SelectorError,
+    compile_selector,
+    dropped_null_labels,
+)
 
 NAMESPACED_KIND = "MemoryReclaimPolicy"
 CLUSTER_KIND = "ClusterMemoryReclaimPolicy"
@@ -258,6 +264,27 @@ def _reclaim(raw: Any) -> ReclaimSpec:
     )
 
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _dropped_null_labels(obj: Mapping[str, Any], spec: Mapping[str, Any], kind: str) -> list[str]:
+    """A null label value that client-side kubectl apply removed before the server saw it
+    (the CRD refuses it when it arrives): found in the last-applied annotation."""
+    raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED)
+    if not isinstance(raw, str):
+        return []
+    try:
+        applied = json.loads(raw)
+    except ValueError:
+        return []
+    applied_spec = applied.get("spec") if isinstance(applied, Mapping) else None
+    if not isinstance(applied_spec, Mapping):
+        return []
+    fields = ["selector"] + (["namespaceSelector"] if kind == CLUSTER_KIND else [])
+    return [msg for f in fields
+            for msg in dropped_null_labels(applied_spec.get(f), spec.get(f), f"spec.{f}")]
+
+
 def parse_policy(obj: Mapping[str, Any], kind: str) -> Policy:
     """A raw policy object -> Policy. Raises PolicyError(reason, message)."""
     ref = policy_ref(obj, kind)
@@ -270,6 +297,9 @@ def parse_policy(obj: Mapping[str, Any], kind: str) -> Policy:
                        if kind == CLUSTER_KIND else None)
     except SelectorError as e:
         raise PolicyError("InvalidSelector", str(e)) from None
+    dropped = _dropped_null_labels(obj, spec, kind)
+    if dropped:
+        raise PolicyError("InvalidSelector", dropped[0])
     generation = (obj.get("metadata") or {}).get("generation")
     dry_run = spec.get("dryRun", False)
     if not isinstance(dry_run, bool):

@@ -22,6 +22,13 @@ class SelectorError(ValueError):
     """A selector Kubernetes would reject."""
 
 
+# The CRD's rule says the same (crds/*policies.yaml): `matchLabels: {app: null}` reaches
+# the server as `{}` after kubectl apply (client side) drops the null, so an empty
+# matchLabels is refused rather than read as "everything".
+EMPTY_MATCH_LABELS = ("must not be empty: omit matchLabels to select every object (kubectl "
+                      "apply drops a label whose value is null, which would leave it empty)")
+
+
 @dataclass(frozen=True)
 class Requirement:
     key: str
@@ -138,6 +145,8 @@ def compile_selector(raw: Any, field: str = "selector") -> LabelSelector:
         match_labels = {}
     if not isinstance(match_labels, Mapping):
         raise SelectorError(f"{field}.matchLabels must be an object")
+    if "matchLabels" in raw and raw["matchLabels"] is not None and not match_labels:
+        raise SelectorError(f"{field}.matchLabels: {EMPTY_MATCH_LABELS}")
     if len(match_labels) > syntax.MAX_MATCH_LABELS:
         raise SelectorError(f"{field}.matchLabels: Too many: {len(match_labels)}: must have "
                             f"at most {syntax.MAX_MATCH_LABELS} labels")
@@ -180,3 +189,19 @@ def compile_selector(raw: Any, field: str = "selector") -> LabelSelector:
             raise SelectorError(f"{where}: operator {op} takes no values")
         reqs.append(Requirement(key, op, frozenset(values)))
     return LabelSelector(tuple(reqs))
+
+
+def dropped_null_labels(applied: Any, live: Any, field: str) -> list[str]:
+    """Label keys that were null in the manifest last applied with kubectl (`applied`, the
+    selector in its kubectl.kubernetes.io/last-applied-configuration annotation) and are
+    missing from the stored selector (`live`): kubectl apply dropped them before the
+    server could refuse them, so the stored selector matches more than was written.
+    Returns one message per key, naming the field."""
+    if not isinstance(applied, Mapping) or not isinstance(applied.get("matchLabels"), Mapping):
+        return []
+    stored = live.get("matchLabels") if isinstance(live, Mapping) else None
+    stored = stored if isinstance(stored, Mapping) else {}
+    return [f"{field}.matchLabels[{k}]: null in the manifest last applied with kubectl, which "
+            "dropped it, so the stored selector matches more than was written: give the label "
+            "a value or remove it"
+            for k, v in applied["matchLabels"].items() if v is None and k not in stored]
