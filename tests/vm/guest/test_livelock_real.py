@@ -11,19 +11,23 @@ JSON line each, for docs/benchmarks.md.
 
 from __future__ import annotations
 
+import itertools
 import json
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import guest_support
 from headroom.cgroup import CgroupRoot
 from headroom.engine import ReclaimEngine, ReclaimSettings, Target
 
 MiB = 1 << 20
 PLAN, MAX, SIZE = 128 * MiB, 320 * MiB, 224 * MiB
 SAMPLE = 0.25
+_attempts = itertools.count()
 
 
 def _read(cg: Path, name: str) -> str:
@@ -77,22 +81,20 @@ def _run(cg: Path, workloads_dir: Path, ready: Path, seconds: float,
     return timeline, ready.exists(), proc
 
 
-def test_guard_lets_an_unreclaimable_allocation_complete(make_cgroup, scratch_dir: Path,
-                                                        workloads_dir: Path) -> None:
-    kernel = platform.release()
-    # --- with headroom first: its completion time sets the kernel-alone window ---------
-    cg = _prepare(make_cgroup, "guard")
+def _measure(make_cgroup, scratch_dir: Path, workloads_dir: Path) -> dict[str, Any]:
+    """Both arms, headroom first (its completion time sets the kernel-alone window)."""
+    kernel, attempt = platform.release(), next(_attempts)
+    cg = _prepare(make_cgroup, f"guard{attempt}")
     eng = ReclaimEngine(CgroupRoot(cg.parent), cpu_budget_cores=0.5)
     eng.start()
     try:
         eng.set_targets([Target("anon", cg, PLAN, ReclaimSettings())])
         assert _limit(cg) == PLAN
         events0, stall0 = _high_events(cg), _stall_us(cg)
-        timeline, done, proc = _run(cg, workloads_dir, scratch_dir / "ready-guard", 180.0,
-                                    stop_when_done=True)
+        timeline, done, proc = _run(cg, workloads_dir, scratch_dir / f"ready-guard{attempt}",
+                                    180.0, stop_when_done=True)
         guard_seconds = timeline[-1]["t"]
         during = eng.snapshot()["anon"]
-        highest = max(s["high_mib"] for s in timeline)
         guard_events = _high_events(cg) - events0
         guard_stall = [(b - a) / 1e6 for a, b in zip(stall0, _stall_us(cg), strict=True)]
         proc.wait(timeout=120)             # --hold 3, then it exits and frees its memory
@@ -108,11 +110,11 @@ def test_guard_lets_an_unreclaimable_allocation_complete(make_cgroup, scratch_di
                                              "high_events": guard_events,
                                              "psi_some_full_s": guard_stall}))
     # --- the kernel alone, same cgroup settings, a window three times as long ----------
-    cg2 = _prepare(make_cgroup, "alone")
+    cg2 = _prepare(make_cgroup, f"alone{attempt}")
     (cg2 / "memory.high").write_text(f"{PLAN}\n")
     window = max(30.0, 3 * guard_seconds)
     events0, stall0 = _high_events(cg2), _stall_us(cg2)
-    k_timeline, k_done, k_proc = _run(cg2, workloads_dir, scratch_dir / "ready-alone",
+    k_timeline, k_done, k_proc = _run(cg2, workloads_dir, scratch_dir / f"ready-alone{attempt}",
                                       window, stop_when_done=False)
     k_events = _high_events(cg2) - events0
     k_stall = [(b - a) / 1e6 for a, b in zip(stall0, _stall_us(cg2), strict=True)]
@@ -122,29 +124,48 @@ def test_guard_lets_an_unreclaimable_allocation_complete(make_cgroup, scratch_di
                                              "completed": k_done, "timeline": k_timeline,
                                              "high_events": k_events,
                                              "psi_some_full_s": k_stall}))
-    k_usage = k_timeline[-1]["usage_mib"]
-    summary = (f"{kernel}: headroom completed={done} in {guard_seconds:.1f}s, high events "
-               f"{guard_events}, PSI some/full {guard_stall[0]:.1f}/{guard_stall[1]:.1f}s, "
-               f"raises {during.relief_raises}, highest memory.high {highest} MiB, back to "
-               f"{back // MiB} MiB; kernel alone completed={k_done} in {window:.0f}s (usage "
-               f"{k_usage} MiB), high events {k_events}, PSI some/full "
-               f"{k_stall[0]:.1f}/{k_stall[1]:.1f}s")
-    print(summary)
-    # the kernel alone: throttled at memory.high, its allocation not done in three times
-    # the time headroom needed, its high events still rising in the last third
-    assert not k_done and k_usage < SIZE // MiB, summary
-    last_third = k_timeline[2 * len(k_timeline) // 3:]
-    assert sum(s["high_events_per_s"] for s in last_third) > 0, summary
-    # headroom: the allocation completed, memory.high never above memory.max, reported;
-    # far fewer high events and less stall than the kernel alone
-    assert done, summary
+    m = {"done": done, "guard_seconds": guard_seconds, "guard_events": guard_events,
+         "guard_stall": guard_stall, "highest": max(s["high_mib"] for s in timeline),
+         "back": back, "during": during, "after": after, "k_done": k_done,
+         "window": window, "k_usage": k_timeline[-1]["usage_mib"], "k_events": k_events,
+         "k_stall": k_stall, "k_last_third": k_timeline[2 * len(k_timeline) // 3:]}
+    m["summary"] = (
+        f"{kernel}: headroom completed={done} in {guard_seconds:.1f}s, high events "
+        f"{guard_events}, PSI some/full {guard_stall[0]:.1f}/{guard_stall[1]:.1f}s, "
+        f"raises {during.relief_raises}, highest memory.high {m['highest']} MiB, back to "
+        f"{back // MiB} MiB; kernel alone completed={k_done} in {window:.0f}s (usage "
+        f"{m['k_usage']} MiB), high events {k_events}, PSI some/full "
+        f"{k_stall[0]:.1f}/{k_stall[1]:.1f}s")
+    print(m["summary"])
+    return m
+
+
+def _misses(m: dict[str, Any]) -> list[str]:
+    """The bounds that depend on the guest's speed."""
+    bounds = {
+        # the kernel alone: throttled at memory.high, its allocation not done in three
+        # times the time headroom needed, its high events still rising in the last third
+        "kernel alone throttled": not m["k_done"] and m["k_usage"] < SIZE // MiB
+        and sum(s["high_events_per_s"] for s in m["k_last_third"]) > 0,
+        "allocation completed": m["done"],
+        # Throttling is measured by the stall (PSI); the high events only have to be
+        # fewer: how many the guard's few raises take depends on the machine's speed
+        # (measured 25 against 255 on 6.1, with 0.1 s against 24 s of stall)
+        "fewer high events": m["guard_events"] < m["k_events"],
+        "stall under a quarter": m["guard_stall"][0] < m["k_stall"][0] / 4,
+        "plan's value back": m["back"] == PLAN,
+    }
+    return [name for name, ok in bounds.items() if not ok]
+
+
+def test_guard_lets_an_unreclaimable_allocation_complete(make_cgroup, scratch_dir: Path,
+                                                        workloads_dir: Path) -> None:
+    m, missed, _ = guest_support.measured_twice(
+        lambda: _measure(make_cgroup, scratch_dir, workloads_dir), _misses)
+    summary = m["summary"]
+    assert not missed, f"{', '.join(missed)}: missed in both runs\n{summary}"
+    # headroom reported it, never above memory.max, and left through the ordinary path
+    during, after = m["during"], m["after"]
     assert during.relief_raises >= 1 and during.reason == "Unreclaimable", summary
-    assert highest <= MAX // MiB, summary
-    # Throttling is measured by the stall (PSI); the high events only have to be fewer:
-    # how many the guard's few raises take depends on the machine's speed (measured
-    # 25 against 255 on 6.1, with 0.1 s against 24 s of stall)
-    assert guard_events < k_events, summary
-    assert guard_stall[0] < k_stall[0] / 4, summary
-    # then usage fell and the plan's value is back, through the ordinary path
-    assert back == PLAN, summary
+    assert m["highest"] <= MAX // MiB, summary
     assert after.reason == "Applied" and after.relieved_high is None, summary
