@@ -22,6 +22,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="SECONDS", help="seconds of quiet after an event before plans are recomputed")
     add(p, "--max-delay", env="HEADROOM_MAX_DELAY_SECONDS", default=5.0, type=non_negative,
         metavar="SECONDS", help="recompute at most this long after the first event of a burst")
+    add(p, "--resync", env="HEADROOM_RESYNC_SECONDS", default=600.0, type=non_negative,
+        metavar="SECONDS", help="between rounds that recompute everything from the caches "
+                                "(the others recompute only what changed); 0: every round")
     add(p, "--health-port", env="HEADROOM_HEALTH_PORT", default=0, type=port, metavar="PORT",
         help="port of /healthz (the reconciler runs, no round is stuck) and /readyz (and "
              "the caches are listed, the first round is done); 0: none (the chart sets 8080)")

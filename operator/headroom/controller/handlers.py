@@ -35,6 +35,7 @@ class OperatorOptions:
     max_delay: float = 5.0            # ... but no longer than this after the first event
     write_concurrency: int = 8
     watch_timeout: int = 300          # server-side timeout of each watch request (seconds)
+    resync: float = 600.0             # seconds between full rounds; 0: every round is full
 
 
 class OperatorState:
@@ -59,6 +60,10 @@ class OperatorState:
             nodes=caches["nodes"].values(),
             plans={p["metadata"]["name"]: p for p in caches["plans"].values()},
         )
+
+    def take_changes(self) -> list[Any]:
+        assert self.informers is not None
+        return self.informers.take_changes()
 
     async def run(self, synced: asyncio.Event) -> None:
         """The reconciler, once every kind has been listed."""
@@ -90,7 +95,8 @@ def build_registry(options: OperatorOptions | None = None) -> tuple[kopf.Operato
         settings.networking.request_timeout = 60
         cfg = load_configuration(options.kubeconfig)
         state.reconciler = Reconciler(KubeClient(cfg, concurrency=options.write_concurrency),
-                                      state.snapshot, options.debounce, options.max_delay)
+                                      state.snapshot, options.debounce, options.max_delay,
+                                      changes=state.take_changes, resync=options.resync)
         state.reconciler.metrics = state.metrics
         loop = asyncio.get_running_loop()
         synced = asyncio.Event()
@@ -115,7 +121,8 @@ def build_registry(options: OperatorOptions | None = None) -> tuple[kopf.Operato
         read_cfg.retries = 0
         state.informers = Informers(kubernetes.client.ApiClient(read_cfg), on_change,
                                     lambda: loop.call_soon_threadsafe(synced.set),
-                                    watch_timeout=options.watch_timeout)
+                                    watch_timeout=options.watch_timeout,
+                                    track=options.resync > 0)
         state.informers.start()
         state.task = loop.create_task(state.run(synced))
 

@@ -340,6 +340,22 @@ class IncrementalResolver:
         spec["pods"] = [e for _, e, _ in sorted(entries.values(), key=_first)]
         return spec
 
+    def pod_placement(self, key: PodKey) -> tuple[str, bool, str] | None:
+        """(node, active, uid) of a known pod: what the plans' freeze and quarantine read."""
+        i = self._slot.get(key)
+        pod = None if i is None else self._pods[i]
+        return None if pod is None else (pod.node, pod.active, pod.uid)
+
+    def active_uids(self, node: str) -> set[str]:
+        """uids of the active pods bound to `node` (known node or not)."""
+        pods = self._pods
+        return {p.uid for p in (pods[i] for i in self._by_node.get(node, ())) if p is not None}
+
+    def policy_nodes(self, ref: PolicyRef) -> set[str]:
+        """Nodes where the policy has plan entries (as resolve() would plan them)."""
+        state = self._policies.get(ref)
+        return set() if state is None else set(state.nodes)
+
     def policy_refs(self) -> list[PolicyRef]:
         return sorted(self._policies)
 

@@ -83,13 +83,57 @@ def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
             "status": {k: status[k] for k in ("phase", "qosClass") if k in status}}
 
 
+def _meta(obj: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    meta = obj.get("metadata") or {}
+    return {k: meta[k] for k in keys if k in meta}
+
+
+_ID = ("name", "namespace", "uid", "resourceVersion")
+
+
+def slim_policy(obj: dict[str, Any]) -> dict[str, Any]:
+    """A policy as resolution, its status and its Events read it (no managedFields, no
+    annotations: kubectl's last-applied copy alone doubles a policy)."""
+    out = {k: obj[k] for k in ("apiVersion", "kind", "spec", "status") if k in obj}
+    out["metadata"] = _meta(obj, (*_ID, "generation"))
+    return out
+
+
+def slim_namespace(obj: dict[str, Any]) -> dict[str, Any]:
+    """Name and labels (namespaceSelector reads them)."""
+    return {"metadata": _meta(obj, (*_ID, "labels"))}
+
+
+def slim_node(obj: dict[str, Any]) -> dict[str, Any]:
+    """Name and uid (a plan's ownerReference): a Node's status (images, conditions)
+    is most of its size and nothing here reads it."""
+    return {"metadata": _meta(obj, _ID)}
+
+
+_OUTCOME = ("uid", "applied", "memoryHigh", "reclaimedBytes")
+
+
+def slim_plan(obj: dict[str, Any]) -> dict[str, Any]:
+    """The spec (compared with what the operator decides) and, of the agent's status,
+    what policy statuses aggregate (status.plan_outcomes)."""
+    out: dict[str, Any] = {"metadata": _meta(obj, _ID)}
+    if "spec" in obj:
+        out["spec"] = obj["spec"]
+    status = obj.get("status")
+    if isinstance(status, Mapping):
+        out["status"] = {"pods": [{k: e[k] for k in _OUTCOME if k in e}
+                                  for e in status.get("pods") or () if isinstance(e, Mapping)]}
+    return out
+
+
 KINDS = (
-    Kind("policies", collection_path(GROUP, VERSION, "memoryreclaimpolicies")),
-    Kind("cluster_policies", collection_path(GROUP, VERSION, "clustermemoryreclaimpolicies")),
+    Kind("policies", collection_path(GROUP, VERSION, "memoryreclaimpolicies"), slim_policy),
+    Kind("cluster_policies", collection_path(GROUP, VERSION, "clustermemoryreclaimpolicies"),
+         slim_policy),
     Kind("pods", collection_path("", "v1", "pods"), slim_pod),
-    Kind("namespaces", collection_path("", "v1", "namespaces")),
-    Kind("nodes", collection_path("", "v1", "nodes")),
-    Kind("plans", collection_path(GROUP, VERSION, "nodereclaimplans")),
+    Kind("namespaces", collection_path("", "v1", "namespaces"), slim_namespace),
+    Kind("nodes", collection_path("", "v1", "nodes"), slim_node),
+    Kind("plans", collection_path(GROUP, VERSION, "nodereclaimplans"), slim_plan),
 )
 
 
@@ -97,9 +141,11 @@ class ObjectCache:
     """One kind's objects by (namespace, name). Stored objects are never mutated (an
     event replaces the whole object), so a snapshot may share them with readers."""
 
-    def __init__(self) -> None:
+    def __init__(self, track: bool = False) -> None:
         self._lock = threading.Lock()
         self._objects: dict[Key, dict[str, Any]] = {}
+        # keys changed since the last take_changes() (None: not tracked)
+        self._changed: set[Key] | None = set() if track else None
 
     def __len__(self) -> int:
         return len(self._objects)
@@ -109,8 +155,15 @@ class ObjectCache:
         fresh = {object_key(o): o for o in items}
         with self._lock:
             old = self._objects
-            changed = fresh.keys() != old.keys() or any(
-                resource_version(o) != resource_version(old[k]) for k, o in fresh.items())
+            if self._changed is None:
+                changed = fresh.keys() != old.keys() or any(
+                    resource_version(o) != resource_version(old[k]) for k, o in fresh.items())
+            else:
+                keys = {k for k, o in fresh.items()
+                        if k not in old or resource_version(o) != resource_version(old[k])}
+                keys |= old.keys() - fresh.keys()
+                self._changed |= keys
+                changed = bool(keys)
             self._objects = fresh
         return changed
 
@@ -120,11 +173,24 @@ class ObjectCache:
         with self._lock:
             old = self._objects.get(key)
             if type_ == "DELETED":
-                return self._objects.pop(key, None) is not None
-            if old is not None and not is_newer(resource_version(obj), resource_version(old)):
+                changed = self._objects.pop(key, None) is not None
+            elif old is not None and not is_newer(resource_version(obj), resource_version(old)):
                 return False
-            self._objects[key] = obj
-            return True
+            else:
+                self._objects[key] = obj
+                changed = True
+            if changed and self._changed is not None:
+                self._changed.add(key)
+            return changed
+
+    def take_changes(self) -> list[tuple[Key, dict[str, Any] | None]]:
+        """(key, object now or None if gone) of every key changed since the last call
+        (tracked caches only): what the reconciler's incremental rounds apply."""
+        with self._lock:
+            if not self._changed:
+                return []
+            keys, self._changed = self._changed, set()
+            return [(k, self._objects.get(k)) for k in keys]
 
     def values(self) -> list[dict[str, Any]]:
         """The objects in a stable order (by namespace, then name)."""
@@ -275,8 +341,8 @@ class Informers:
 
     def __init__(self, api: Any, on_change: Callable[[], None],
                  on_synced: Callable[[], None], *, watch_timeout: int = 300,
-                 page_size: int = 500) -> None:
-        self.caches = {k.name: ObjectCache() for k in KINDS}
+                 page_size: int = 500, track: bool = False) -> None:
+        self.caches = {k.name: ObjectCache(track) for k in KINDS}
         self._pending = len(KINDS)
         self._lock = threading.Lock()
         self._on_synced = on_synced
@@ -305,6 +371,11 @@ class Informers:
 
     def objects(self) -> int:
         return sum(len(c) for c in self.caches.values())
+
+    def take_changes(self) -> list[tuple[str, Key, dict[str, Any] | None]]:
+        """(cache name, key, object or None) changed in any cache since the last call."""
+        return [(name, key, obj) for name, cache in self.caches.items()
+                for key, obj in cache.take_changes()]
 
 
 def _describe(e: BaseException) -> str:

@@ -17,7 +17,8 @@ from headroom.controller.metrics import OperatorMetrics, operator_checks
 def options_from_args(args: argparse.Namespace) -> OperatorOptions:
     return OperatorOptions(kubeconfig=getattr(args, "kubeconfig", None),
                            debounce=getattr(args, "debounce", 0.5),
-                           max_delay=getattr(args, "max_delay", 5.0))
+                           max_delay=getattr(args, "max_delay", 5.0),
+                           resync=getattr(args, "resync", 600.0))
 
 
 async def operate(options: OperatorOptions, *, stop_flag: threading.Event | None = None,

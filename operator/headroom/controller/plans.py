@@ -49,6 +49,15 @@ class PlanAction:
     spec: Mapping[str, Any] | None = None
 
 
+@dataclass
+class Decisions:
+    """A round's writes: plans, policy statuses (only those that differ), and Events."""
+
+    actions: list[PlanAction]
+    statuses: dict[PolicyRef, dict[str, Any]]
+    invalid_events: list[tuple[dict[str, Any], str, str]]   # (policy, reason, message)
+
+
 def plan_actions(desired: Mapping[str, Mapping[str, Any]],
                  current: Mapping[str, Mapping[str, Any] | None]) -> list[PlanAction]:
     """Writes that bring `current` (node -> spec on the server, as far as we know) to

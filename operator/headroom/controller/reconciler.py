@@ -1,8 +1,13 @@
 """The operator's loop: debounce events, resolve, write what changed.
 
-Level-based: every round recomputes all plans and policy statuses from the full
-in-memory caches (informer.py: policies, pods, namespaces, nodes and plans) and
-writes only differences. A burst of events (a Deployment scaling, a namespace
+Level-based: a round brings plans and policy statuses to what the caches
+(informer.py: policies, pods, namespaces, nodes and plans) say and writes only
+differences. With a change feed (`changes`, the informers' ObjectCache.take_changes)
+a round decides only what the changed objects can affect (tracker.PlanTracker, kept
+up to date from the feed); the first round, one every `resync` seconds and one after
+a round that failed start over from a full snapshot. Without a feed, or with
+`resync=0`, every round is `decide()` over the full snapshot (the reference the
+incremental rounds are tested against). A burst of events (a Deployment scaling, a namespace
 relabelled) becomes one round after `debounce` seconds of quiet (at most
 `max_delay` after the first event). Writes the watch has not echoed back yet are
 remembered with their resourceVersion, so a round that runs before the echo does
@@ -13,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +31,11 @@ from kubernetes.client.exceptions import ApiException
 from headroom.controller import plans as plans_mod
 from headroom.controller import status as status_mod
 from headroom.controller.kubeclient import KubeClient, WriteConflict
-from headroom.controller.plans import PlanAction, canonical
+from headroom.controller.plans import Decisions, PlanAction, canonical
 from headroom.controller.resolve import CLUSTER_KIND, NAMESPACED_KIND, PolicyRef, resolve
+from headroom.controller.tracker import Change, PlanTracker
+
+__all__ = ["Decisions", "Reconciler", "Snapshot", "decide", "policy_ref"]
 
 log = logging.getLogger("headroom.operator")
 
@@ -41,13 +50,6 @@ class Snapshot:
     namespaces: list[dict[str, Any]] = field(default_factory=list)
     nodes: list[dict[str, Any]] = field(default_factory=list)
     plans: dict[str, dict[str, Any]] = field(default_factory=dict)   # node -> plan object
-
-
-@dataclass
-class Decisions:
-    actions: list[PlanAction]
-    statuses: dict[PolicyRef, dict[str, Any]]          # only those that differ
-    invalid_events: list[tuple[dict[str, Any], str, str]]   # (policy, reason, message)
 
 
 def _rv(obj: Mapping[str, Any] | None) -> int | None:
@@ -133,9 +135,17 @@ class _Written:
 
 class Reconciler:
     def __init__(self, client: KubeClient, snapshot: Callable[[], Snapshot],
-                 debounce: float = 0.5, max_delay: float = 5.0) -> None:
+                 debounce: float = 0.5, max_delay: float = 5.0,
+                 changes: Callable[[], Iterable[Change]] | None = None,
+                 resync: float = 600.0) -> None:
         self.client = client
         self.snapshot = snapshot
+        self.changes = changes if resync > 0 else None
+        self.resync = resync
+        self.tracker = PlanTracker() if self.changes is not None else None
+        self._resync_at = 0.0          # monotonic time of the next full round
+        self.full_rounds = 0
+        self._frozen = False
         self.debounce = debounce
         self.max_delay = max_delay
         self.dirty = asyncio.Event()
@@ -148,6 +158,7 @@ class Reconciler:
         # canonical policy ref -> (message, policy generation) of plan entries the API
         # server refused; forgotten when the policy changes (or goes)
         self._rejected: dict[str, tuple[str, int | None]] = {}
+        self._generations: dict[str, int | None] = {}
 
     def poke(self) -> None:
         self.dirty.set()
@@ -171,6 +182,7 @@ class Reconciler:
                 self.rounds_done += 1
             except Exception:  # keep the loop alive; the next event or retry fixes it
                 ok = False
+                self._resync_at = 0.0     # the next round starts over from a snapshot
                 log.exception("reconcile round failed; retrying")
             if self.metrics is not None:
                 self.metrics.round_done(time.monotonic() - self.round_started, ok)
@@ -207,18 +219,24 @@ class Reconciler:
     async def reconcile(self) -> Decisions:
         self.rounds += 1
         started = time.monotonic()
-        snap = self.snapshot()
-        specs, statuses = self._known(snap)
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        generations = _generations(snap)
-        self._rejected = {k: v for k, v in self._rejected.items()
-                          if k in generations and generations[k] == v[1]}
-        rejected = {k: msg for k, (msg, _) in self._rejected.items()}
-        decisions = await asyncio.to_thread(decide, snap, specs, statuses, now, rejected)
-        self._generations = generations
+        if self.tracker is None:
+            snap = self.snapshot()
+            specs, statuses = self._known(snap)
+            generations = _generations(snap)
+            rejected = self._current_rejections(generations)
+            decisions = await asyncio.to_thread(decide, snap, specs, statuses, now, rejected)
+            nodes: Mapping[str, Any] = {n["metadata"]["name"]: n for n in snap.nodes}
+            by_ref: Mapping[PolicyRef, Any] = {policy_ref(p): p
+                                               for p in (*snap.policies, *snap.cluster_policies)}
+            sizes = (len(snap.pods), len(by_ref), len(nodes))
+        else:
+            decisions = await asyncio.to_thread(self._decide_incrementally, now)
+            nodes = self.tracker.node_objs
+            by_ref = self.tracker.policy_objs
+            st = self.tracker.stats()
+            sizes = (st["pods"], st["policies"], len(nodes))
         decided = time.monotonic() - started
-        nodes = {n["metadata"]["name"]: n for n in snap.nodes}
-        by_ref = {policy_ref(p): p for p in (*snap.policies, *snap.cluster_policies)}
         results = await asyncio.gather(
             *(self._write_plan(a, nodes) for a in decisions.actions),
             *(self._write_status(ref, st) for ref, st in decisions.statuses.items()
@@ -241,13 +259,83 @@ class Reconciler:
                 log.warning("write failed: %s", err)
         if failed:
             self.poke()     # something moved under us: another round sorts it out
+            if self.tracker is not None:
+                statused = [ref for ref in decisions.statuses if ref in by_ref]
+                self.tracker.retry(
+                    (a.node for a, r in zip(decisions.actions, results, strict=False)
+                     if isinstance(r, BaseException)),
+                    (ref for ref, r in zip(statused, results[len(decisions.actions):],
+                                           strict=False) if isinstance(r, BaseException)))
         writes = bool(decisions.actions or decisions.statuses)
         log.log(logging.INFO if writes or self.rounds == 1 else logging.DEBUG,
                 "round %d: %d pods, %d policies, %d nodes; decided in %.2f s, done in %.2f s; "
-                "%d plan writes, %d status writes", self.rounds, len(snap.pods),
-                len(snap.policies) + len(snap.cluster_policies), len(snap.nodes), decided,
+                "%d plan writes, %d status writes", self.rounds, *sizes, decided,
                 time.monotonic() - started, len(decisions.actions), len(decisions.statuses))
         return decisions
+
+    def _current_rejections(self, generations: Mapping[str, int | None]) -> dict[str, str]:
+        """Refusals still in force: forgotten when their policy changes or goes."""
+        self._generations = dict(generations)
+        self._rejected = {k: v for k, v in self._rejected.items()
+                          if k in generations and generations[k] == v[1]}
+        return {k: msg for k, (msg, _) in self._rejected.items()}
+
+    def _decide_incrementally(self, now: str) -> Decisions:
+        """In a worker thread: apply the change feed (or start over from a snapshot when a
+        full round is due), then decide what it affects."""
+        tracker, changes = self.tracker, self.changes
+        assert tracker is not None and changes is not None
+        feed = list(changes())        # drained before any snapshot: nothing is missed
+        if not tracker.loaded or time.monotonic() >= self._resync_at:
+            tracker.load(self.snapshot())
+            self._resync_at = time.monotonic() + self.resync
+            self.full_rounds += 1
+            if not self._frozen:
+                # the cold start's objects live as long as the caches: keep them out of
+                # the collector's full passes (which would walk every cached pod)
+                gc.collect()
+                gc.freeze()
+                self._frozen = True
+        else:
+            try:
+                tracker.apply(feed)
+            except Exception:
+                self._resync_at = 0.0     # the state is suspect: start over next round
+                raise
+        rejected = self._current_rejections(tracker.generations())
+        try:
+            return tracker.decide(self._known_spec, self._known_status, now, rejected)
+        except Exception:
+            self._resync_at = 0.0
+            raise
+
+    def _known_spec(self, node: str) -> dict[str, Any] | None:
+        """A node's plan spec as the server has it, or as we last wrote it if the watch
+        has not echoed that write yet (None: no plan)."""
+        assert self.tracker is not None
+        plan = self.tracker.plan_objs.get(node)
+        w = self._plans.get(node)
+        if w is not None:
+            seen = _rv(plan)
+            if w.value is None:
+                if plan is None:
+                    del self._plans[node]
+                return None
+            if seen is not None and seen >= w.rv:
+                del self._plans[node]
+            else:
+                return dict(w.value)
+        return None if plan is None else plan.get("spec")
+
+    def _known_status(self, ref: PolicyRef) -> Mapping[str, Any] | None:
+        assert self.tracker is not None
+        obj = self.tracker.policy_objs.get(ref) or {}
+        w = self._statuses.get(ref)
+        if w is not None and (_rv(obj) or 0) < w.rv:
+            return w.value
+        if w is not None:
+            del self._statuses[ref]
+        return obj.get("status")
 
     async def _write_plan(self, action: PlanAction, nodes: Mapping[str, Any]) -> None:
         if action.verb == "delete":
@@ -266,7 +354,7 @@ class Reconciler:
                 raise
             refused = plans_mod.rejected_policies(_causes(e), action.spec)
             for key, why in refused.items():
-                self._rejected[key] = (why, getattr(self, "_generations", {}).get(key))
+                self._rejected[key] = (why, self._generations.get(key))
                 log.warning("plan of node %s refused because of policy %s: %s",
                             action.node, key, why)
             if not refused:

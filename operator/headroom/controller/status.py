@@ -70,25 +70,36 @@ def _ref_dict(ref: PolicyRef) -> dict[str, str]:
     return out
 
 
+def node_summary(node: str, entries: list[Mapping[str, Any]],
+                 outcomes: Outcomes) -> dict[str, Any]:
+    """One policy's line in `.status.nodes` for one node: its plan entries there and what
+    the agent reports about them."""
+    enforced = reclaimed = 0
+    for entry in entries:
+        outcome = outcomes.get((node, entry.get("uid", ""))) or {}
+        reclaimed += int(outcome.get("reclaimedBytes") or 0)
+        if outcome.get("applied") and not entry.get("dryRun") and \
+                outcome.get("memoryHigh", entry.get("memoryHigh")) == entry.get("memoryHigh"):
+            enforced += 1
+    return {"node": node, "pods": len(entries), "enforced": enforced,
+            "reclaimedBytes": reclaimed}
+
+
 def policy_status(report: PolicyReport, entries: Mapping[str, list[Mapping[str, Any]]],
                   outcomes: Outcomes, previous: Mapping[str, Any] | None,
                   now: str) -> dict[str, Any]:
     """The whole `.status` of one policy. `entries`: node -> this policy's plan entries."""
-    nodes = []
-    enforced_total = reclaimed_total = planned_total = 0
-    for node in sorted(entries):
-        enforced = reclaimed = 0
-        for entry in entries[node]:
-            outcome = outcomes.get((node, entry.get("uid", ""))) or {}
-            reclaimed += int(outcome.get("reclaimedBytes") or 0)
-            if outcome.get("applied") and not entry.get("dryRun") and \
-                    outcome.get("memoryHigh", entry.get("memoryHigh")) == entry.get("memoryHigh"):
-                enforced += 1
-        nodes.append({"node": node, "pods": len(entries[node]), "enforced": enforced,
-                      "reclaimedBytes": reclaimed})
-        enforced_total += enforced
-        reclaimed_total += reclaimed
-        planned_total += len(entries[node])
+    return status_from_nodes(report, [node_summary(node, entries[node], outcomes)
+                                      for node in sorted(entries)], previous, now)
+
+
+def status_from_nodes(report: PolicyReport, nodes: list[dict[str, Any]],
+                      previous: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
+    """The whole `.status` of one policy from its node_summary() lines (sorted by node),
+    so that an incremental caller recomputes only the lines of nodes that changed."""
+    enforced_total = sum(n["enforced"] for n in nodes)
+    reclaimed_total = sum(n["reclaimedBytes"] for n in nodes)
+    planned_total = sum(n["pods"] for n in nodes)
     prev_conditions = {c.get("type"): c for c in (previous or {}).get("conditions") or ()}
     gen = report.generation
     ready = _ready(report, planned_total, enforced_total)
@@ -101,7 +112,7 @@ def policy_status(report: PolicyReport, entries: Mapping[str, list[Mapping[str, 
         "enforcedPods": enforced_total,
         "skippedPods": len(report.skipped),
         "reclaimedBytes": reclaimed_total,
-        "nodes": nodes,
+        "nodes": [dict(n) for n in nodes],
         "skipped": [{"namespace": s.pod.namespace, "name": s.pod.name, "node": s.node,
                      "reason": s.reason, "message": s.message}
                     for s in report.skipped[:MAX_SKIPPED_LISTED]],
