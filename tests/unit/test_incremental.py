@@ -188,6 +188,44 @@ def test_incremental_equals_full_resolve(events: list[tuple[str, str, dict[str, 
     check_sequence(events)
 
 
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sequence_st)
+def test_bulk_load_equals_full_resolve(events: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """load() (the cold start: everything at once) gives resolve()'s result, and events
+    applied after it keep giving it."""
+    world: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
+        k: {} for k in ("policies", "cluster_policies", "pods", "namespaces", "nodes")}
+    half = len(events) // 2
+    for kind, type_, obj in events[:half]:
+        key = _key(kind, obj)
+        if type_ == "DELETED":
+            world[kind].pop(key, None)
+        else:
+            world[kind][key] = obj
+
+    def objs(kind: str) -> list[dict[str, Any]]:
+        return [world[kind][k] for k in sorted(world[kind])]
+    inc = IncrementalResolver()
+    inc.load([o["metadata"]["name"] for o in objs("nodes")], objs("namespaces"),
+             objs("policies"), objs("cluster_policies"), objs("pods"))
+    want = _full(world)
+    got = inc.resolution()
+    assert got.plans == want.plans
+    assert got.policies == want.policies
+    for kind, type_, obj in events[half:]:
+        key = _key(kind, obj)
+        if type_ == "DELETED":
+            if key not in world[kind]:
+                continue
+            obj = world[kind].pop(key)
+        else:
+            world[kind][key] = obj
+        inc.apply(kind, type_, obj)
+        want = _full(world)
+        got = inc.resolution()
+        assert (got.plans, got.policies) == (want.plans, want.policies), (kind, type_, obj)
+
+
 def test_priority_change_moves_pods_and_conflicts() -> None:
     """A hand-written sequence through the documented precedence rules (docs/api.md)."""
     pod = {"metadata": {"name": "p", "namespace": "a", "uid": "u", "labels": {"app": "web"}},

@@ -58,6 +58,18 @@ class FakeServer:
         else:
             self.caches[kind].apply(type_, obj)
 
+    def agents_report(self, step: int) -> None:
+        """Every agent writes its plan's status: every other pod applied (which ones
+        changes with `step`), some bytes reclaimed."""
+        for node, plan in sorted(self.plans.items()):
+            pods = [{"uid": e["uid"], "applied": (i + step) % 2 == 0,
+                     "memoryHigh": e["memoryHigh"], "reclaimedBytes": 4096 * (i + step)}
+                    for i, e in enumerate(plan["spec"].get("pods") or ())]
+            obj = {**plan, "status": {"pods": pods},
+                   "metadata": {**plan["metadata"], "resourceVersion": self.next_rv()}}
+            self.plans[node] = obj
+            self.echo("plans", "MODIFIED", slim_plan(obj))
+
     def flush(self) -> None:
         for kind, type_, obj in self.pending:
             self.caches[kind].apply(type_, obj)
@@ -208,7 +220,8 @@ BAD_SELECTOR = {"matchExpressions": [{"key": "app", "operator": "Bad"}]}
 def check_sequence(events: list[tuple[str, str, dict[str, Any]]], lag: bool,
                    breaks: list[bool]) -> None:
     """`breaks`: which policy events make the policy invalid (more often than the shared
-    strategies do, so that frozen entries meet pod and policy events)."""
+    strategies do, so that frozen entries meet pod and policy events); after the same
+    events (when not a policy event) the agents report their plans' status."""
     world = World(lag)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(plan_contract, "entry_problems", _out_of_bounds)
@@ -218,6 +231,11 @@ def check_sequence(events: list[tuple[str, str, dict[str, Any]]], lag: bool,
             world.event(kind, type_, obj)
             world.settle()
             _at_fixed_point(world, (kind, type_, obj))
+            if broken and kind not in ("policies", "cluster_policies"):
+                world.server.agents_report(len(world.server.writes))
+                world.server.flush()
+                world.settle()
+                _at_fixed_point(world, ("agents", kind, type_, obj))
         # and a restart from the same cluster writes nothing
         again = Reconciler(world.server, world.snapshot,  # type: ignore[arg-type]
                            changes=world.take_changes, resync=1e9)

@@ -25,7 +25,7 @@ Not thread-safe: one thread applies events and reads plans.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,6 +217,47 @@ class IncrementalResolver:
                 self._refresh(i)
 
     def set_pod(self, obj: Mapping[str, Any]) -> None:
+        self._refresh(self._record(obj))
+
+    def load(self, nodes: Iterable[str], namespaces: Iterable[Mapping[str, Any]],
+             policies: Iterable[Mapping[str, Any]],
+             cluster_policies: Iterable[Mapping[str, Any]],
+             pods: Iterable[Mapping[str, Any]]) -> None:
+        """A fresh resolver's whole input at once (cold start): the same state as the
+        objects applied one by one, built as resolve() does, by set operations per
+        policy over the label index rather than candidate policies per pod."""
+        assert not self._slot and not self._policies, "load() is for a fresh resolver"
+        for name in nodes:
+            self.set_node(name)
+        for ns in namespaces:
+            self.set_namespace(ns)
+        for kind, objs in ((NAMESPACED_KIND, policies), (CLUSTER_KIND, cluster_policies)):
+            for obj in objs:
+                self.set_policy(obj, kind)          # no pods yet: nothing to resolve
+        for obj in pods:
+            i = self._record(obj)
+            pod = self._pods[i]
+            assert pod is not None
+            if pod.active and pod.node in self._nodes and i not in self._eligible:
+                self._index(i, pod)
+        chosen: dict[int, list[Selected]] = {}
+        for state in self._policies.values():
+            if state.policy is None or state.key is None:
+                continue
+            state.selected = self._select(state.policy)
+            mine = (state.key, state)
+            for i in state.selected:
+                chosen.setdefault(i, []).append(mine)
+        pods_ = self._pods
+        for i, selected in chosen.items():
+            selected.sort()
+            pod = pods_[i]
+            assert pod is not None
+            self._settle(i, pod, tuple(selected))
+        self._dirty_policies.update(self._policies.values())
+
+    def _record(self, obj: Mapping[str, Any]) -> int:
+        """Store what resolution reads of a pod (its slot); resolving it is _refresh's."""
         meta = obj.get("metadata") or {}
         ns = _intern(str(meta.get("namespace") or "default"))
         name = str(meta.get("name") or "")
@@ -247,7 +288,7 @@ class IncrementalResolver:
             if key is not None:
                 self._facts[key] = facts
         pod.facts = facts
-        self._refresh(i)
+        return i
 
     def delete_pod(self, key: PodKey) -> None:
         i = self._slot.pop(key, None)

@@ -66,7 +66,8 @@ def plan_actions(desired: Mapping[str, Mapping[str, Any]],
     for node, spec in desired.items():
         if node not in current:
             actions.append(PlanAction("create", node, spec))
-        elif canonical(current[node]) != canonical(spec):
+        elif current[node] != spec and canonical(current[node]) != canonical(spec):
+            # (dict equality first: most compared plans are equal, and cheaper to tell)
             actions.append(PlanAction("replace", node, spec))
     actions += [PlanAction("delete", node) for node in current if node not in desired]
     return actions
@@ -125,11 +126,16 @@ def check_entries(plans: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
         for entry in spec.get("pods") or ():
             problems = plan_contract.entry_problems(entry)
             if problems:
-                key = canonical(entry.get("policy") if isinstance(entry, Mapping) else None)
-                bad.setdefault(key, f"the plan entry of pod {entry.get('namespace')}/"
-                                    f"{entry.get('name')} on node {node} is out of bounds: "
-                                    f"{problems[0]}")
+                key, why = out_of_bounds(node, entry, problems[0])
+                bad.setdefault(key, why)
     return bad
+
+
+def out_of_bounds(node: str, entry: Any, problem: str) -> tuple[str, str]:
+    """(canonical policy ref, why) of a plan entry that fails the contract."""
+    key = canonical(entry.get("policy") if isinstance(entry, Mapping) else None)
+    return key, (f"the plan entry of pod {entry.get('namespace')}/{entry.get('name')} "
+                 f"on node {node} is out of bounds: {problem}")
 
 
 def quarantine(plans: Mapping[str, Mapping[str, Any]], bad: Collection[str],

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from headroom.api import plan as plan_contract
 from headroom.api.policy import CLUSTER_KIND, NAMESPACED_KIND
 from headroom.controller import plans as plans_mod
 from headroom.controller import status as status_mod
@@ -68,6 +69,12 @@ class PlanTracker:
         self.node_objs: dict[str, dict[str, Any]] = {}
         self._inputs: dict[PolicyRef, tuple[Any, ...]] = {}
         self._refs: dict[str, PolicyRef] = {}                 # canonical ref -> ref
+        self._keys: dict[PolicyRef, str] = {}                 # ref -> canonical ref
+        self._entry_keys: dict[Any, str] = {}                 # policy items -> canonical
+        self._generations: dict[str, int | None] = {}         # canonical ref -> generation
+        # node -> uid -> (entry, its contract problems): an entry the resolver kept (the
+        # same object) is not checked again
+        self._checked: dict[str, dict[str, tuple[Any, list[str]]]] = {}
         self._desired: dict[str, dict[str, Any]] = {}         # node -> spec last decided
         self._by_policy: dict[str, set[str]] = {}             # canonical ref -> nodes
         self._summaries: dict[str, dict[str, dict[str, Any]]] = {}   # ref -> node -> line
@@ -75,6 +82,7 @@ class PlanTracker:
         self._invalid: set[str] = set()                       # refs of invalid policies
         self._bad: Bad = {}
         self._nodes: set[str] = set()                         # to decide next round
+        self._lines: set[str] = set()      # nodes whose agents' status changed, plan not
         self._policies: set[PolicyRef] = set()
 
     # ---- input ---------------------------------------------------------------------
@@ -83,14 +91,19 @@ class PlanTracker:
         """Start over from a reconciler.Snapshot (all caches); every node and policy is
         decided in the next round."""
         self._reset()
-        changes: list[Change] = []
-        changes += [("namespaces", None, o) for o in snap.namespaces]
-        changes += [("nodes", None, o) for o in snap.nodes]
-        changes += [("policies", None, o) for o in snap.policies]
-        changes += [("cluster_policies", None, o) for o in snap.cluster_policies]
-        changes += [("pods", None, o) for o in snap.pods]
-        changes += [("plans", None, o) for o in snap.plans.values()]
-        self.apply(changes)
+        for kind, objs in ((NAMESPACED_KIND, snap.policies),
+                           (CLUSTER_KIND, snap.cluster_policies)):
+            for obj in objs:
+                ref = _ref(obj, kind)
+                self.policy_objs[ref] = obj
+                self._inputs[ref] = _resolution_input(obj)
+                gen = (obj.get("metadata") or {}).get("generation")
+                self._generations[self.key(ref)] = gen if isinstance(gen, int) else None
+        for obj in snap.nodes:
+            self.node_objs[str(obj["metadata"]["name"])] = obj
+        self.plan_objs = dict(snap.plans)
+        self.resolver.load(self.node_objs, snap.namespaces, snap.policies,
+                           snap.cluster_policies, snap.pods)
         self._nodes |= set(self.plan_objs) | self.resolver.nodes()
         self._policies |= set(self.policy_objs)
         self.loaded = True
@@ -106,11 +119,17 @@ class PlanTracker:
                 self._apply_pod(key, obj)
             elif kind == "plans":
                 name = str(((obj or {}).get("metadata") or {}).get("name") or key[1])
-                if obj is None:
-                    self.plan_objs.pop(name, None)
-                else:
+                old = self.plan_objs.pop(name, None)
+                if obj is not None:
                     self.plan_objs[name] = obj
-                self._nodes.add(name)
+                desired = self._desired.get(name)
+                if obj is not None and desired is not None and obj.get("spec") == desired:
+                    # the echo of our write, or an agent's status: the plan stands, only
+                    # the policies' status lines of that node may change
+                    if (old or {}).get("status") != obj.get("status"):
+                        self._lines.add(name)
+                else:
+                    self._nodes.add(name)
             elif kind == "nodes":
                 name = str(((obj or {}).get("metadata") or {}).get("name") or key[1])
                 if obj is None:
@@ -130,12 +149,14 @@ class PlanTracker:
             ref = PolicyRef(kind, key[0] if kind == NAMESPACED_KIND else "", key[1])
             self.policy_objs.pop(ref, None)
             self._inputs.pop(ref, None)
+            self._generations.pop(self.key(ref), None)
             self.resolver.delete_policy(ref)
             self._policies.add(ref)
             return
         ref = _ref(obj, kind)
         self.policy_objs[ref] = obj
-        self._refs.setdefault(canonical(ref.to_dict()), ref)
+        gen = (obj.get("metadata") or {}).get("generation")
+        self._generations[self.key(ref)] = gen if isinstance(gen, int) else None
         self._policies.add(ref)            # its status is judged again in any case
         inputs = _resolution_input(obj)
         if self._inputs.get(ref) != inputs:
@@ -164,13 +185,17 @@ class PlanTracker:
         self._nodes.update(nodes)
         self._policies.update(policies)
 
-    def generations(self) -> dict[str, int | None]:
+    def key(self, ref: PolicyRef) -> str:
+        """canonical(ref.to_dict()), the policy's key in plan entries (memoized)."""
+        key = self._keys.get(ref)
+        if key is None:
+            key = self._keys[ref] = canonical(ref.to_dict())
+            self._refs[key] = ref
+        return key
+
+    def generations(self) -> Mapping[str, int | None]:
         """canonical policy ref -> metadata.generation, for every known policy."""
-        out = {}
-        for ref, obj in self.policy_objs.items():
-            gen = (obj.get("metadata") or {}).get("generation")
-            out[canonical(ref.to_dict())] = gen if isinstance(gen, int) else None
-        return out
+        return self._generations
 
     def stats(self) -> dict[str, int]:
         return self.resolver.stats()
@@ -186,8 +211,9 @@ class PlanTracker:
         dirty_nodes, dirty_refs = self.resolver.take_dirty()
         nodes, self._nodes = self._nodes | dirty_nodes, set()
         policies, self._policies = self._policies | dirty_refs, set()
+        lines, self._lines = self._lines, set()
         for ref in policies:             # validity: freeze_invalid keeps their entries
-            key = canonical(ref.to_dict())
+            key = self.key(ref)
             report = self.resolver.report(ref)
             invalid = report is not None and not report.valid
             if invalid != (key in self._invalid):
@@ -220,6 +246,8 @@ class PlanTracker:
             actions += plans_mod.plan_actions({node: spec} if spec is not None else {},
                                               {node: cur} if cur is not None else {})
             policies |= self._set_desired(node, spec)
+        for node in lines - nodes:
+            policies |= self._set_desired(node, self._desired.get(node))
 
         statuses: dict[PolicyRef, dict[str, Any]] = {}
         events: list[tuple[dict[str, Any], str, str]] = []
@@ -228,7 +256,7 @@ class PlanTracker:
             report = self.resolver.report(ref)
             if obj is None or report is None:
                 continue
-            key = canonical(ref.to_dict())
+            key = self.key(ref)
             if key in bad and report.valid:
                 report.valid = False
                 report.reason, report.message = bad[key]
@@ -236,7 +264,9 @@ class PlanTracker:
             lines = self._summaries.get(key, {})
             new = status_mod.status_from_nodes(report, [lines[n] for n in sorted(lines)],
                                                previous, now)
-            if canonical(new) != canonical(previous or {}):
+            # dict equality first: the canonical JSON of a status with thousands of node
+            # lines is what a round would spend most of its time on
+            if new != previous and canonical(new) != canonical(previous or {}):
                 statuses[ref] = new
             if status_mod.newly_invalid(report, previous):
                 events.append((obj, report.reason, report.message))
@@ -259,14 +289,33 @@ class PlanTracker:
             spec = self.resolver.plan(node)
             self._node_bad.pop(node, None)
             if spec is None:
+                self._checked.pop(node, None)
                 continue
             if invalid and cur:
                 spec = plans_mod.freeze_invalid({node: spec}, invalid, {node: cur},
                                                 self._active(node))[node]
             raw[node] = spec
-            found = plans_mod.check_entries({node: spec})
+            found = self._check(node, spec)
             if found:
                 self._node_bad[node] = found
+
+    def _check(self, node: str, spec: Mapping[str, Any]) -> dict[str, str]:
+        """plans.check_entries of one node, checking only entries not seen before."""
+        memo = self._checked.get(node, {})
+        fresh: dict[str, tuple[Any, list[str]]] = {}
+        bad: dict[str, str] = {}
+        for entry in spec.get("pods") or ():
+            uid = entry.get("uid") if isinstance(entry, Mapping) else None
+            hit = memo.get(uid) if isinstance(uid, str) else None
+            problems = hit[1] if hit is not None and hit[0] is entry \
+                else plan_contract.entry_problems(entry)
+            if isinstance(uid, str):
+                fresh[uid] = (entry, problems)
+            if problems:
+                key, why = plans_mod.out_of_bounds(node, entry, problems[0])
+                bad.setdefault(key, why)
+        self._checked[node] = fresh
+        return bad
 
     def _global_bad(self, rejected: Mapping[str, str]) -> Bad:
         """As decide(): the first problem on the first node (by name), then rejections."""
@@ -284,11 +333,12 @@ class PlanTracker:
         old = self._desired.pop(node, None)
         if spec is not None:
             self._desired[node] = spec
+        key_of = self._entry_key
         by_policy: dict[str, list[Mapping[str, Any]]] = {}
         for entry in (spec or {}).get("pods") or ():
-            by_policy.setdefault(canonical(entry.get("policy")), []).append(entry)
+            by_policy.setdefault(key_of(entry), []).append(entry)
         touched: set[PolicyRef] = set()
-        before = {canonical(e.get("policy")) for e in (old or {}).get("pods") or ()}
+        before = {key_of(e) for e in (old or {}).get("pods") or ()}
         outcomes = status_mod.plan_outcomes({node: self.plan_objs[node]}) \
             if node in self.plan_objs else {}
         for key in before - by_policy.keys():
@@ -306,6 +356,20 @@ class PlanTracker:
                 if ref is not None:
                     touched.add(ref)
         return touched
+
+    def _entry_key(self, entry: Mapping[str, Any]) -> str:
+        """canonical(entry["policy"]), memoized by the policy's items."""
+        policy = entry.get("policy")
+        try:
+            items = tuple(sorted(policy.items())) if isinstance(policy, dict) else None
+            key = self._entry_keys.get(items)
+        except TypeError:            # unhashable values: not from us, not worth a memo
+            return canonical(policy)
+        if key is None:
+            key = canonical(policy)
+            if len(self._entry_keys) < 100_000:
+                self._entry_keys[items] = key
+        return key
 
     def _drop_line(self, key: str, node: str) -> None:
         nodes = self._by_policy.get(key)
