@@ -39,9 +39,12 @@ class Tuning:
     psi_stall_us: int = 20_000      # PSI trigger: 20 ms of "some" stall ...
     psi_window_us: int = 1_000_000  # ... within 1 s wakes the cgroup at once
     budget_burst_seconds: float = 1.0  # CPU budget bucket depth, in seconds of budget
-    reaction_lead: float = 0.5      # seconds of growth kept between the watermark and high: a
+    reaction_lead: float = 0.2      # seconds of growth kept between the watermark and high: a
                                     # late check or a write waiting for a CPU must not let
-                                    # usage reach memory.high (measured: 0.3-0.5 s under TCG)
+                                    # usage reach memory.high. 0.5 s (the worst lateness
+                                    # seen under TCG) moved the levels into a hot set
+                                    # beside a stream: more refaults and no fewer high
+                                    # events than 0.2 s, in every paired run (engine.md)
     lowering_deadline: float = 10.0    # a memory.high lowered below usage is written after
                                        # at most this long of background reclaim, reclaimed or not
     relief_steps: int = 4           # livelock guard: memory.high reaches its ceiling in this
