@@ -102,7 +102,7 @@ def full_pod(rng: random.Random, i: int, nodes: int, app: str | None = None,
 
 
 def memory_high(i: int) -> dict[str, Any]:
-    return [{"limitPercent": 90}, {"throttlingFactor": 0.8}, {"bytes": "1536Mi"}][i % 3]
+    return [{"limitPercent": 90}, {"throttlingPercent": 80}, {"bytes": "1536Mi"}][i % 3]
 
 
 def make_policies(n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -62,7 +62,7 @@ class Options:
     min_settle_s: float = 0.0
     grow_s: float = 60.0
     sample_s: float = 1.0
-    target_percent: float = 0.17   # headroom's pressureTargetPercent: Senpai's 10 ms per 6 s
+    target_percent: float = 0.17   # pressureTargetBasisPoints 17: Senpai's 10 ms per 6 s
     senpai: Path | None = None
     senpai_args: list[str] = field(default_factory=list)
     pressure_interval: float | None = None   # Tuning overrides (None: engine defaults)

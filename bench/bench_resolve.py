@@ -53,7 +53,7 @@ def make_pods(rng: random.Random, apps: int) -> list[dict[str, Any]]:
 
 
 def memory_high(i: int) -> dict[str, Any]:
-    return [{"limitPercent": 90}, {"throttlingFactor": 0.8}, {"bytes": "1536Mi"}][i % 3]
+    return [{"limitPercent": 90}, {"throttlingPercent": 80}, {"bytes": "1536Mi"}][i % 3]
 
 
 def namespaced(rng: random.Random) -> tuple[list[Any], list[Any], list[Any], list[Any]]:

@@ -167,7 +167,7 @@ def test_kubectl_drives_the_emulator(cluster: Cluster, tmp_path: pathlib.Path) -
 
 
 def test_kubectl_apply_of_invalid_policy_shows_the_reason(cluster: Cluster) -> None:
-    bad = policy("bad", {"app": "x"}, {"bytes": "1Gi", "throttlingFactor": 0.5})
+    bad = policy("bad", {"app": "x"}, {"bytes": "1Gi", "throttlingPercent": 50})
     proc = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(bad), check=False)
     assert proc.returncode != 0
     assert "exactly one of" in proc.stderr

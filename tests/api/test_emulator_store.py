@@ -207,7 +207,8 @@ def test_server_side_apply_creates_and_drops_fields_no_longer_applied(
     assert created["spec"]["priority"] == 4
     del config["spec"]["priority"]
     again = cluster.store.patch(rt, "default", "web", "apply", config, field_manager="me")
-    assert "priority" not in again["spec"]
+    assert again["spec"]["priority"] == 0     # dropped, then the schema default filled in
+    assert again["spec"]["reclaim"]["stepBytes"] == "16Mi"   # defaults of a nested {}
     with pytest.raises(ApiError) as e:
         cluster.store.patch(rt, "default", "web", "apply", config)
     assert e.value.code == 400

@@ -183,7 +183,7 @@ def test_restart_rewrites_nothing_and_catches_up(cluster: Cluster) -> None:
 def test_operator_as_a_subprocess(cluster: Cluster,
                                   operator_process: subprocess.Popen[str]) -> None:
     _setup(cluster)
-    cluster.apply(policy("web", {"app": "web"}, {"throttlingFactor": 0.5}, priority=1))
+    cluster.apply(policy("web", {"app": "web"}, {"throttlingPercent": 50}, priority=1))
     # web-0: request defaults to the limit (1Gi), so memory.high is the limit
     wait_for(lambda: cluster.plan_pods("node-1") == {"web-0": 1024 * MI}, timeout=60,
              what="plan from the subprocess operator")
@@ -196,7 +196,7 @@ HOSTILE = {   # issue 13: values that once froze every tenant's plan on a node
     "bytes-8ei": {"memoryHigh": {"bytes": "8Ei"}},
     "bytes-99999999999ei": {"memoryHigh": {"bytes": "99999999999Ei"}},
     "bytes-1e100": {"memoryHigh": {"bytes": "1e100"}},
-    "step-1e100": {"memoryHigh": {"limitPercent": 50}, "reclaim": {"stepSize": "1e100"}},
+    "step-1e100": {"memoryHigh": {"limitPercent": 50}, "reclaim": {"stepBytes": "1e100"}},
     "rate-8ei": {"memoryHigh": {"limitPercent": 50}, "reclaim": {"maxBytesPerSecond": "8Ei"}},
     "cpu-400-digits": {"memoryHigh": {"limitPercent": 50},
                        "reclaim": {"nodeCpuBudget": "9" * 400}},

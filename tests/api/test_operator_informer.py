@@ -110,7 +110,7 @@ def test_slim_pods_resolve_exactly_like_full_pods() -> None:
     pods[4]["status"]["phase"] = "Succeeded"
     policies = [{"metadata": {"name": p, "namespace": "default", "generation": 1},
                  "spec": {"selector": {"matchLabels": {"app": app}}, "memoryHigh": high}}
-                for p, app, high in (("web", "web", {"throttlingFactor": 0.5}),
+                for p, app, high in (("web", "web", {"throttlingPercent": 50}),
                                      ("db", "db", {"limitPercent": 80}))]
     namespaces = [{"metadata": {"name": "default", "labels": {"tier": "gold"}}}]
     nodes = [{"metadata": {"name": n}} for n in ("n1", "n2")]

@@ -51,7 +51,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("`memoryHigh.bytes: 1e100`", _set("memoryHigh", {"bytes": 1e100})),
     ("`memoryHigh.bytes: 9223372036854775807`", _set("memoryHigh", {"bytes": 2**63 - 1})),
     ("`memoryHigh.bytes: 0Gi`", _set("memoryHigh", {"bytes": "0Gi"})),
-    ("`reclaim.stepSize: 1e100`", _set("reclaim.stepSize", 1e100)),
+    ("`reclaim.stepBytes: 1e100`", _set("reclaim.stepBytes", 1e100)),
     ("`reclaim.maxBytesPerSecond: 8Ei`", _set("reclaim.maxBytesPerSecond", "8Ei")),
     ("`reclaim.nodeCpuBudget: 400 digits`", _set("reclaim.nodeCpuBudget", "9" * 400)),
     ('`reclaim.nodeCpuBudget: "1000000"`', _set("reclaim.nodeCpuBudget", "1000000")),
@@ -76,7 +76,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
 
 def _shorten(text: str) -> str:
     text = " ".join(text.split())
-    text = re.sub(r"(bytes|stepSize|maxBytesPerSecond) in body should match '[^']*'",
+    text = re.sub(r"(bytes|stepBytes|maxBytesPerSecond) in body should match '[^']*'",
                   r"\1 in body should match '<the byte quantity pattern>'", text)
     text = re.sub(r"nodeCpuBudget in body should match '[^']*'",
                   "nodeCpuBudget in body should match '<the CPU pattern>'", text)

@@ -61,7 +61,7 @@ reclaim = st.fixed_dictionaries({"mode": field(st.sampled_from(["Watermark", "Pr
                                           "stepBytes": field(near),
                                           "maxBytesPerSecond": field(near),
                                           "swappiness": field(st.integers(-5, 205)),
-                                          "pressureTargetPercent": field(percent),
+                                          "pressureTargetBasisPoints": field(percent),
                                           "unknownKnob": junk})
 entry = st.fixed_dictionaries(
     {"uid": field(st.sampled_from(UIDS)), "namespace": field(st.just("shop")),
@@ -75,7 +75,7 @@ plan_obj = st.fixed_dictionaries(
     {"metadata": field(st.just({"name": "node-1", "uid": "u", "generation": 1})),
      "spec": field(st.fixed_dictionaries(
          {"nodeName": st.just("node-1"), "pods": field(st.lists(field(entry), max_size=5))},
-         optional={"cpuBudgetCores": field(st.floats(0.001, 64))}))})
+         optional={"nodeCpuBudget": field(st.integers(1, 64000).map(lambda m: f"{m}m"))}))})
 
 
 class Recording(CgroupRoot):

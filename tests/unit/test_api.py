@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -196,11 +195,11 @@ def test_parse_policy_defaults() -> None:
     p = parse_policy(raw_policy(), "MemoryReclaimPolicy")
     assert p.ref == PolicyRef("MemoryReclaimPolicy", "ns", "p")
     assert p.generation == 3 and p.priority == 0 and not p.dry_run
-    assert p.memory_high == MemoryHigh(limit_percent=Decimal(90))
+    assert p.memory_high == MemoryHigh(limit_percent=90)
     assert p.reclaim.to_plan() == {
         "mode": "Watermark", "headroomPercent": 5, "targetPercent": 10,
         "stepBytes": DEFAULT_STEP_BYTES, "maxBytesPerSecond": 512 * MI,
-        "pressureTargetPercent": 0.1}
+        "pressureTargetBasisPoints": 10, "livelockGuard": True}
     assert p.reclaim.node_cpu_budget is None
 
 
@@ -219,11 +218,16 @@ def test_parse_cluster_policy_ignores_namespace_and_needs_namespace_selector() -
      "InvalidSelector", "operator"),
     ({"memoryHigh": {"bytes": "3GB"}}, "InvalidQuantity", "memoryHigh.bytes"),
     ({"memoryHigh": {"bytes": "512Ki"}}, "InvalidQuantity", "between 1048576"),
-    ({"memoryHigh": {"bytes": "1Gi", "throttlingFactor": 0.5}}, "InvalidSpec", "exactly one"),
+    ({"memoryHigh": {"bytes": "1Gi", "throttlingPercent": 50}}, "InvalidSpec", "exactly one"),
     ({"reclaim": {"mode": False}}, "InvalidSpec", '"Off" in quotes'),
-    ({"reclaim": {"stepSize": "1Ki"}}, "InvalidQuantity", "stepSize"),
+    ({"reclaim": {"stepBytes": "1Ki"}}, "InvalidQuantity", "stepBytes"),
     ({"reclaim": {"nodeCpuBudget": "0"}}, "InvalidQuantity", "nodeCpuBudget"),
     ({"reclaim": {"swappiness": 60.5}}, "InvalidSpec", "integer"),
+    ({"memoryHigh": {"limitPercent": 90.5}}, "InvalidSpec", "must be an integer"),
+    ({"memoryHigh": {"throttlingPercent": 0.9}}, "InvalidSpec", "must be an integer"),
+    ({"memoryHigh": {"throttlingFactor": 0.9}}, "InvalidSpec", "exactly one"),
+    ({"reclaim": {"headroomPercent": 2.5}}, "InvalidSpec", "must be an integer"),
+    ({"reclaim": {"pressureTargetBasisPoints": 0}}, "InvalidSpec", "pressureTargetBasisPoints"),
     ({"reclaim": {"headroomPercent": 20, "targetPercent": 15}}, "InvalidSpec", "headroomPercent"),
     ({"priority": True}, "InvalidSpec", "priority"),
     ({"dryRun": "yes"}, "InvalidSpec", "dryRun"),
@@ -238,16 +242,14 @@ def test_memory_high_forms() -> None:
     mem = PodMemory(request=GI, limit=2 * GI)
     assert MemoryHigh(bytes=3 * GI).for_pod(mem) == (2 * GI, "", "")        # capped at limit
     assert MemoryHigh(bytes=3 * GI).for_pod(PodMemory(0, None)) == (3 * GI, "", "")
-    assert MemoryHigh(limit_percent=Decimal(50)).for_pod(mem) == (GI, "", "")
-    # kubelet: request + f * (limit - request), rounded down to a page
-    high, _, _ = MemoryHigh(throttling_factor=Decimal("0.9")).for_pod(mem)
-    assert high == page_align_down(GI + int(0.9 * GI)) and high % 4096 == 0
-    assert MemoryHigh(limit_percent=Decimal("33.3")).for_pod(mem)[0] % 4096 == 0
-    for mh in (MemoryHigh(limit_percent=Decimal(90)),
-               MemoryHigh(throttling_factor=Decimal("0.5"))):
+    assert MemoryHigh(limit_percent=50).for_pod(mem) == (GI, "", "")
+    # kubelet: request + p/100 * (limit - request), rounded down to a page
+    high, _, _ = MemoryHigh(throttling_percent=90).for_pod(mem)
+    assert high == page_align_down(GI + 9 * GI // 10) and high % 4096 == 0
+    assert MemoryHigh(limit_percent=33).for_pod(mem)[0] % 4096 == 0
+    for mh in (MemoryHigh(limit_percent=90), MemoryHigh(throttling_percent=50)):
         assert mh.for_pod(PodMemory(GI, None))[1] == "NoMemoryLimit"
-    assert MemoryHigh(limit_percent=Decimal(1)).for_pod(PodMemory(0, 10 * MI))[1] == \
-        "BelowMinimum"
+    assert MemoryHigh(limit_percent=1).for_pod(PodMemory(0, 10 * MI))[1] == "BelowMinimum"
     assert MIN_MEMORY_HIGH == MI
 
 

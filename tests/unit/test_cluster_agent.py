@@ -34,10 +34,10 @@ def pod(uid: str, qos: str = "Burstable", high: int = 256 * MiB, **extra: Any) -
                         "stepBytes": 16 * MiB, "maxBytesPerSecond": 512 * MiB}, **extra}
 
 
-def plan(*pods: dict, generation: int = 1, budget: float | None = None) -> dict:
+def plan(*pods: dict, generation: int = 1, budget: Any = None) -> dict:
     spec: dict[str, Any] = {"nodeName": "node-1", "pods": list(pods)}
     if budget is not None:
-        spec["cpuBudgetCores"] = budget
+        spec["nodeCpuBudget"] = budget
     return {"metadata": {"name": "node-1", "uid": "plan-uid", "generation": generation},
             "spec": spec}
 
@@ -346,7 +346,7 @@ def test_plan_cpu_budget_goes_to_the_engine(fake_kernel: FakeKernel, state: Path
     h = Harness(fake_kernel, state)
     budgets: list[float | None] = []
     h.engine.set_cpu_budget = budgets.append   # type: ignore[method-assign]
-    h.agent.set_plan(plan(budget=0.25))
+    h.agent.set_plan(plan(budget="250m"))
     h.agent.set_plan(plan(generation=2))
     assert budgets == [0.25, 0.5]
 
@@ -355,7 +355,7 @@ def test_parse_plan_maps_reclaim_settings() -> None:
     p = parse_plan(plan(pod(A, reclaim={"mode": "Pressure", "headroomPercent": 2,
                                         "targetPercent": 4, "stepBytes": 4096,
                                         "maxBytesPerSecond": 8192, "swappiness": 10,
-                                        "pressureTargetPercent": 0.5})))
+                                        "pressureTargetBasisPoints": 50})))
     s = p.pods[0].settings
     assert (s.mode, s.headroom_percent, s.target_percent, s.step_bytes,
             s.max_bytes_per_second, s.swappiness, s.pressure_target_percent) == (
@@ -393,7 +393,7 @@ ISSUE_VALUES = [
     ("memoryHigh", "268435456"), ("memoryHigh", 256 * MiB + 1), ("memoryHigh", 0),
     ("memoryHigh", None), ("reclaim.stepBytes", float("inf")),
     ("reclaim.stepBytes", 16 * MiB + 0.5), ("reclaim.maxBytesPerSecond", 2**63),
-    ("reclaim.pressureTargetPercent", 1e6), ("reclaim.swappiness", 201),
+    ("reclaim.pressureTargetBasisPoints", 1e6), ("reclaim.swappiness", 201),
     ("reclaim.headroomPercent", True), ("reclaim.mode", 1), ("qosClass", "Gold"),
     ("dryRun", "false"), ("uid", 7), ("reclaim", "x"),
 ]
@@ -426,7 +426,8 @@ def test_bad_value_refuses_its_entry_only_and_is_never_written(
     assert field.split(".")[-1] in st["lastError"]
 
 
-@pytest.mark.parametrize("budget", [-1, 0, 1e308, float("inf"), True, "2", 10**6])
+@pytest.mark.parametrize("budget", [-1, 0, "0m", "-1m", 1e308, float("inf"), True, "2",
+                                    0.25, "0.5", "1024001m", "500M", 10**6])
 def test_bad_cpu_budget_falls_back_to_the_default(fake_kernel: FakeKernel, state: Path,
                                                   budget: Any) -> None:
     h = Harness(fake_kernel, state)

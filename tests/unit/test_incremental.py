@@ -79,7 +79,7 @@ ns_selector_st = st.one_of(
         "key": st.just("env"), "operator": st.sampled_from(["Exists", "DoesNotExist"])}),
         min_size=1, max_size=1)}))
 memory_high_st = st.sampled_from([{"limitPercent": 50}, {"limitPercent": 1},
-                                  {"throttlingFactor": 0.5}, {"bytes": "300Mi"},
+                                  {"throttlingPercent": 50}, {"bytes": "300Mi"},
                                   {"bytes": "1Gi"}])
 reclaim_st = st.sampled_from([None, {"nodeCpuBudget": "500m"}, {"nodeCpuBudget": "250m"},
                               {"mode": "Pressure"}, None, None, {"mode": "bogus"}])

@@ -32,7 +32,7 @@ def entry(**over: Any) -> dict[str, Any]:
         "policy": {"kind": "MemoryReclaimPolicy", "namespace": "default", "name": "web"},
         "reclaim": {"mode": "Watermark", "headroomPercent": 5, "targetPercent": 10,
                     "stepBytes": 16 * MI, "maxBytesPerSecond": 512 * MI,
-                    "pressureTargetPercent": 0.1},
+                    "pressureTargetBasisPoints": 10},
     }
     for key, value in over.items():
         parent, _, leaf = key.rpartition("__")
@@ -77,12 +77,17 @@ BAD = {
     "step-huge": ({"reclaim__stepBytes": 2**70}, "reclaim.stepBytes", "between"),
     "rate-negative": ({"reclaim__maxBytesPerSecond": -4096}, "reclaim.maxBytesPerSecond",
                       "between"),
-    "pressure-1e6": ({"reclaim__pressureTargetPercent": 1e6}, "reclaim.pressureTargetPercent",
-                     "(0, 100)"),
-    "pressure-nan": ({"reclaim__pressureTargetPercent": math.nan},
-                     "reclaim.pressureTargetPercent", "finite"),
+    "pressure-1e6": ({"reclaim__pressureTargetBasisPoints": 10**6},
+                     "reclaim.pressureTargetBasisPoints", "between 1 and 9999"),
+    "pressure-nan": ({"reclaim__pressureTargetBasisPoints": math.nan},
+                     "reclaim.pressureTargetBasisPoints", "must be an integer"),
+    "pressure-float": ({"reclaim__pressureTargetBasisPoints": 0.1},
+                       "reclaim.pressureTargetBasisPoints", "must be an integer"),
     "headroom-string": ({"reclaim__headroomPercent": "5"}, "reclaim.headroomPercent",
-                        "must be a number"),
+                        "must be an integer"),
+    "headroom-float": ({"reclaim__headroomPercent": 5.0}, "reclaim.headroomPercent",
+                       "must be an integer"),
+    "target-100": ({"reclaim__targetPercent": 100}, "reclaim.targetPercent", "between 1 and 99"),
     "headroom-above-target": ({"reclaim__headroomPercent": 20}, "reclaim.targetPercent",
                               "below targetPercent"),
     "swappiness-201": ({"reclaim__swappiness": 201}, "reclaim.swappiness", "between 0 and 200"),
@@ -100,6 +105,8 @@ BAD = {
     "reclaim-missing": ({"reclaim": DELETE}, "reclaim", "required"),
     "unknown-field": ({"memoryMax": 1}, "memoryMax", "unknown field"),
     "unknown-reclaim-field": ({"reclaim__stepSize": 4096}, "reclaim.stepSize", "unknown"),
+    "old-percent-field": ({"reclaim__pressureTargetPercent": 0.1},
+                          "reclaim.pressureTargetPercent", "unknown"),
 }
 
 
@@ -126,20 +133,38 @@ def test_largest_and_smallest_values_pass() -> None:
     assert MAX_BYTES < 2**63 and MAX_BYTES % 4096 == 0 and MAX_BYTES + 4096 >= 2**63
 
 
-@pytest.mark.parametrize(("raw", "ok"), [
-    (None, True), (0.5, True), (1024, True), (0.001, True),
-    (-1, False), (1e308, False), (1025, False), (0, False), ("1", False), (True, False),
-    (math.inf, False),
+@pytest.mark.parametrize(("raw", "cores"), [
+    (None, None), ("500m", 0.5), ("1024000m", 1024.0), ("1m", 0.001), ("2000m", 2.0),
+    (-1, False), ("0m", False), ("1024001m", False), ("0500m", False), ("0.5", False),
+    ("1", False), (0.5, False), (1, False), (True, False), ("500M", False), (math.inf, False),
 ])
-def test_cpu_budget(raw: Any, ok: bool) -> None:
+def test_cpu_budget(raw: Any, cores: Any) -> None:
     value, problems = validate_cpu_budget(raw)
-    assert (problems == ()) is ok
-    if not ok:
-        assert value is None and problems[0].path == "cpuBudgetCores"
+    assert (problems == ()) is (cores is not False)
+    if cores is False:
+        assert value is None and problems[0].path == "nodeCpuBudget"
+    else:
+        assert value == cores
+
+
+@pytest.mark.parametrize(("cores", "text"), [(0.5, "500m"), (0.25, "250m"), (2, "2000m"),
+                                              (0.0004, "1m"), (5000, "1024000m")])
+def test_millicores_is_what_the_operator_writes(cores: float, text: str) -> None:
+    assert plan.millicores(cores) == text and validate_cpu_budget(text)[1] == ()
+
+
+def test_defaults_of_the_contract_are_the_typed_defaults() -> None:
+    """The CRD's `default:` values (ENTRY_DEFAULTS) and PlanReclaim's agree."""
+    got = plan.PlanReclaim()
+    for path, value in plan.ENTRY_DEFAULTS.items():
+        if path.startswith("reclaim."):
+            attr = plan._RECLAIM_ATTRS[path.removeprefix("reclaim.")]
+            assert getattr(got, attr) == value, path
+    assert got.pressure_target_percent == 0.1
 
 
 def test_a_bad_entry_spoils_only_itself() -> None:
-    spec = {"nodeName": "n", "cpuBudgetCores": 2,
+    spec = {"nodeName": "n", "nodeCpuBudget": "2000m",
             "pods": [entry(), "x", entry(uid="u2", reclaim__stepBytes=math.inf), entry(),
                      entry(uid="u3")]}
     check = validate_spec(spec)
@@ -147,8 +172,8 @@ def test_a_bad_entry_spoils_only_itself() -> None:
     assert [i for i, _ in check.invalid] == [1, 2, 3]
     assert "duplicate uid" in check.invalid[2][1][0].message
     assert check.cpu_budget_cores == 2.0 and check.problems == ()
-    bad = validate_spec({"pods": "all", "cpuBudgetCores": -1})
-    assert [p.path for p in bad.problems] == ["cpuBudgetCores", "pods"]
+    bad = validate_spec({"pods": "all", "nodeCpuBudget": -1})
+    assert [p.path for p in bad.problems] == ["nodeCpuBudget", "pods"]
     assert validate_spec("x").problems[0].path == "spec"
 
 

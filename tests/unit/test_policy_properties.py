@@ -74,26 +74,28 @@ def selector(draw: Any) -> dict[str, Any]:
 
 @st.composite
 def valid_spec(draw: Any) -> dict[str, Any]:
-    form = draw(st.sampled_from(["bytes", "limitPercent", "throttlingFactor"]))
+    form = draw(st.sampled_from(["bytes", "limitPercent", "throttlingPercent"]))
     memory_high: dict[str, Any] = {
         "bytes": lambda: draw(byte_quantity(plan.MIN_MEMORY_HIGH)),
         "limitPercent": lambda: draw(st.integers(1, 100)),
-        "throttlingFactor": lambda: draw(st.floats(0.01, 1)),
+        "throttlingPercent": lambda: draw(st.integers(1, 100)),
     }[form]()
     memory_high = {form: memory_high}
     reclaim: dict[str, Any] = {}
-    headroom = draw(st.floats(0.5, 40))
-    target = draw(st.floats(headroom + 0.5, 99))
+    headroom = draw(st.integers(1, 40))
+    target = draw(st.integers(headroom + 1, 99))
     if draw(st.booleans()):
         reclaim |= {"headroomPercent": headroom, "targetPercent": target}
     if draw(st.booleans()):
-        reclaim["stepSize"] = draw(byte_quantity(plan.PAGE_SIZE))
+        reclaim["stepBytes"] = draw(byte_quantity(plan.PAGE_SIZE))
     if draw(st.booleans()):
         reclaim["maxBytesPerSecond"] = draw(byte_quantity(plan.PAGE_SIZE))
     if draw(st.booleans()):
         reclaim["nodeCpuBudget"] = draw(cpu_quantity)
     if draw(st.booleans()):
         reclaim["swappiness"] = draw(st.integers(0, 200))
+    if draw(st.booleans()):
+        reclaim["pressureTargetBasisPoints"] = draw(st.integers(1, 9999))
     if draw(st.booleans()):
         reclaim["mode"] = draw(st.sampled_from(["Watermark", "Pressure", "Off"]))
     return {"selector": draw(selector()), "memoryHigh": memory_high, "reclaim": reclaim,
@@ -110,7 +112,7 @@ junk_scalar = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
 junk = st.recursive(junk_scalar, lambda inner: st.lists(inner, max_size=3)
                     | st.dictionaries(st.text(max_size=8) | st.sampled_from(
                         ["matchLabels", "matchExpressions", "key", "operator", "values",
-                         "bytes", "stepSize", "nodeCpuBudget"]), inner, max_size=3),
+                         "bytes", "stepBytes", "nodeCpuBudget"]), inner, max_size=3),
                     max_leaves=12)
 
 
@@ -118,10 +120,10 @@ junk = st.recursive(junk_scalar, lambda inner: st.lists(inner, max_size=3)
 def mutated_spec(draw: Any) -> dict[str, Any]:
     """A valid spec with one field replaced by anything."""
     spec = draw(valid_spec())
-    where = draw(st.sampled_from(["selector", "memoryHigh.bytes", "reclaim.stepSize",
+    where = draw(st.sampled_from(["selector", "memoryHigh.bytes", "reclaim.stepBytes",
                                   "reclaim.maxBytesPerSecond", "reclaim.nodeCpuBudget",
                                   "reclaim.swappiness", "reclaim.headroomPercent",
-                                  "reclaim.pressureTargetPercent", "priority", "dryRun",
+                                  "reclaim.pressureTargetBasisPoints", "priority", "dryRun",
                                   "selector.matchLabels", "selector.matchExpressions"]))
     parent, _, key = where.rpartition(".")
     target = spec if not parent else spec.setdefault(parent, {})

@@ -73,13 +73,13 @@ def entries(res: Any) -> dict[str, dict[str, Any]]:
 def test_plan_entry_is_the_documented_shape() -> None:
     res = resolve([mk_policy("web", reclaim={"swappiness": 10, "nodeCpuBudget": "300m"})], [],
                   [mk_pod("web-0", request="512Mi")], [])
-    assert res.plans == {"n1": {"nodeName": "n1", "cpuBudgetCores": 0.3, "pods": [{
+    assert res.plans == {"n1": {"nodeName": "n1", "nodeCpuBudget": "300m", "pods": [{
         "uid": "uid-default-web-0", "namespace": "default", "name": "web-0",
         "qosClass": "Burstable", "memoryHigh": GI // 2, "dryRun": False,
         "policy": {"kind": NAMESPACED_KIND, "namespace": "default", "name": "web"},
         "reclaim": {"mode": "Watermark", "headroomPercent": 5, "targetPercent": 10,
                     "stepBytes": 16 << 20, "maxBytesPerSecond": 512 << 20, "swappiness": 10,
-                    "pressureTargetPercent": 0.1}}]}}
+                    "pressureTargetBasisPoints": 10, "livelockGuard": True}}]}}
     report = res.policies[ref("web")]
     assert (report.valid, report.matched_pods, report.planned_pods, report.nodes) == \
         (True, 1, 1, {"n1": 1})
@@ -167,7 +167,7 @@ def test_tie_between_cluster_policies_is_a_conflict() -> None:
 def test_pod_without_limit_is_skipped_with_reason_and_not_given_to_a_lower_policy() -> None:
     pods = [mk_pod("nolimit", limit=None, request="1Gi"), mk_pod("ok")]
     fallback = mk_policy("fallback", memory_high={"bytes": "2Gi"}, priority=-1)
-    for mh in ({"limitPercent": 90}, {"throttlingFactor": 0.5}):
+    for mh in ({"limitPercent": 90}, {"throttlingPercent": 50}):
         res = resolve([mk_policy("web", memory_high=mh), fallback], [], pods, [])
         assert set(entries(res)) == {"ok"}
         report = res.policies[ref("web")]
@@ -187,7 +187,7 @@ def test_bytes_form_applies_without_limit_and_is_capped_at_the_limit() -> None:
 
 def test_memory_high_is_page_aligned_and_follows_the_kubelet_formula() -> None:
     pods = [mk_pod("a", limit="1000000000", request="300000001")]
-    res = resolve([mk_policy("web", memory_high={"throttlingFactor": 0.9})], [], pods, [])
+    res = resolve([mk_policy("web", memory_high={"throttlingPercent": 90})], [], pods, [])
     high = entries(res)["a"]["memoryHigh"]
     assert high % 4096 == 0
     exact = 300000001 + 0.9 * (1000000000 - 300000001)
@@ -229,9 +229,9 @@ def test_cpu_budget_is_the_smallest_of_the_policies_on_the_node() -> None:
                       reclaim={"nodeCpuBudget": 2}),
             mk_policy("d", selector={"matchLabels": {"app": "d"}})]
     res = resolve(pols, [], pods, [])
-    assert res.plans["n1"]["cpuBudgetCores"] == 0.2
-    assert res.plans["n2"]["cpuBudgetCores"] == 2.0
-    assert "cpuBudgetCores" not in res.plans["n3"]
+    assert res.plans["n1"]["nodeCpuBudget"] == "200m"
+    assert res.plans["n2"]["nodeCpuBudget"] == "2000m"
+    assert "nodeCpuBudget" not in res.plans["n3"]
 
 
 def test_nodes_given_yields_empty_plans_and_drops_pods_of_unknown_nodes() -> None:

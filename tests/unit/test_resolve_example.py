@@ -23,7 +23,7 @@ def pod(name: str, node: str, app: str, request: str, limit: str | None) -> dict
 
 def test_worked_example_of_the_api_doc() -> None:
     web = yaml.safe_load((ROOT / "examples/policy-limit-percent.yaml").read_text())
-    qos = yaml.safe_load((ROOT / "examples/cluster-policy-throttling-factor.yaml").read_text())
+    qos = yaml.safe_load((ROOT / "examples/cluster-policy-throttling-percent.yaml").read_text())
     pods = [pod("web-0", "node-a", "web", "512Mi", "1Gi"),
             pod("web-1", "node-b", "web", "512Mi", None),
             pod("api-0", "node-b", "api", "256Mi", "512Mi")]

@@ -17,7 +17,7 @@ HOSTILE = {
     "bytes-8Ei": {"memoryHigh": {"bytes": "8Ei"}},
     "bytes-99999999999Ei": {"memoryHigh": {"bytes": "99999999999Ei"}},
     "bytes-1e100": {"memoryHigh": {"bytes": "1e100"}},
-    "step-1e100": {"reclaim": {"stepSize": "1e100"}},
+    "step-1e100": {"reclaim": {"stepBytes": "1e100"}},
     "rate-8Ei": {"reclaim": {"maxBytesPerSecond": "8Ei"}},
     "cpu-400-digits": {"reclaim": {"nodeCpuBudget": "9" * 400}},
     "cpu-million": {"reclaim": {"nodeCpuBudget": "1000000"}},
@@ -67,7 +67,7 @@ def _entry(name: str, policy: str, memory_high: int, ns: str = "default") -> dic
             "policy": {"kind": "MemoryReclaimPolicy", "namespace": ns, "name": policy},
             "reclaim": {"mode": "Watermark", "headroomPercent": 5, "targetPercent": 10,
                         "stepBytes": 16 * MI, "maxBytesPerSecond": 512 * MI,
-                        "pressureTargetPercent": 0.1}}
+                        "pressureTargetBasisPoints": 10}}
 
 
 def test_an_out_of_bounds_entry_keeps_its_policy_at_the_last_good_entries(

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 MiB = 1 << 20
 
 GOOD = """
-cpuBudget: 250m
+nodeCpuBudget: 250m
 rescanInterval: 0.2
 summaryInterval: 0
 cgroups:
@@ -32,13 +32,13 @@ cgroups:
     mode: Watermark
     headroomPercent: 4
     targetPercent: 8
-    stepSize: 8Mi
+    stepBytes: 8Mi
     maxBytesPerSecond: 64Mi
     swappiness: 30
 - cgroup: "batch/*"
   memoryHigh: "50%"
   dryRun: true
-  reclaim: {mode: Pressure, pressureTargetPercent: 0.5}
+  reclaim: {mode: Pressure, pressureTargetBasisPoints: 50}
 """
 
 
@@ -71,7 +71,7 @@ BAD = [
     ("- just a list", ["top level"]),
     ("cgroups: []", ["cgroups", "non-empty"]),
     ("cgroup: x\n", ["cgroup", "unknown field"]),
-    ("cpuBudget: lots\ncgroups: [{cgroup: a}]", ["cpuBudget", "lots"]),
+    ("nodeCpuBudget: lots\ncgroups: [{cgroup: a}]", ["nodeCpuBudget", "lots"]),
     ("rescanInterval: -1\ncgroups: [{cgroup: a}]", ["rescanInterval"]),
     ("cgroups: [{memoryHigh: 1Gi}]", ["cgroups[0]", "cgroup", "required"]),
     ("cgroups: [{cgroup: a}, {cgroup: /etc}]", ["cgroups[1]", "'/etc'", "cgroup"]),
@@ -86,7 +86,7 @@ BAD = [
     ("cgroups: [{cgroup: a}, {cgroup: 'b/*', reclaim: {headroomPercent: 20}}]",
      ["cgroups[1]", "'b/*'", "reclaim", "headroomPercent"]),
     ("cgroups: [{cgroup: a, reclaim: {stepsize: 1Mi}}]", ["reclaim.stepsize", "unknown"]),
-    ("cgroups: [{cgroup: a, reclaim: {stepSize: 12Q}}]", ["reclaim.stepSize", "12Q"]),
+    ("cgroups: [{cgroup: a, reclaim: {stepBytes: 12Q}}]", ["reclaim.stepBytes", "12Q"]),
     ("cgroups: [{cgroup: a, reclaim: {swappiness: 300}}]", ["reclaim.swappiness"]),
     # issue 13's values: refused up front, never coerced
     ("cgroups: [{cgroup: a, memoryHigh: 1.9}]", ["cgroups[0]", "memoryHigh"]),
@@ -99,19 +99,19 @@ BAD = [
     ("cgroups: [{cgroup: a, memoryHigh: 8Ei}]", ["memoryHigh"]),
     ("cgroups: [{cgroup: a, memoryHigh: '1e-300%'}]", ["memoryHigh"]),
     ("cgroups: [{cgroup: a, memoryHigh: 'nan%'}]", ["memoryHigh"]),
-    ("cpuBudget: -1\ncgroups: [{cgroup: a}]", ["cpuBudget"]),
-    ("cpuBudget: 1e308\ncgroups: [{cgroup: a}]", ["cpuBudget"]),
-    ("cpuBudget: .inf\ncgroups: [{cgroup: a}]", ["cpuBudget"]),
-    ("cpuBudget: true\ncgroups: [{cgroup: a}]", ["cpuBudget"]),
+    ("nodeCpuBudget: -1\ncgroups: [{cgroup: a}]", ["nodeCpuBudget"]),
+    ("nodeCpuBudget: 1e308\ncgroups: [{cgroup: a}]", ["nodeCpuBudget"]),
+    ("nodeCpuBudget: .inf\ncgroups: [{cgroup: a}]", ["nodeCpuBudget"]),
+    ("nodeCpuBudget: true\ncgroups: [{cgroup: a}]", ["nodeCpuBudget"]),
     ("rescanInterval: .nan\ncgroups: [{cgroup: a}]", ["rescanInterval"]),
     ("rescanInterval: 1e308\ncgroups: [{cgroup: a}]", ["rescanInterval"]),
-    ("cgroups: [{cgroup: a, reclaim: {pressureTargetPercent: 1e6}}]",
-     ["reclaim.pressureTargetPercent"]),
-    ("cgroups: [{cgroup: a, reclaim: {pressureTargetPercent: .nan}}]",
-     ["reclaim.pressureTargetPercent"]),
-    ("cgroups: [{cgroup: a, reclaim: {stepSize: 1.9}}]", ["reclaim.stepSize"]),
-    ("cgroups: [{cgroup: a, reclaim: {stepSize: true}}]", ["reclaim.stepSize"]),
-    ("cgroups: [{cgroup: a, reclaim: {stepSize: Infinity}}]", ["reclaim.stepSize"]),
+    ("cgroups: [{cgroup: a, reclaim: {pressureTargetBasisPoints: 1000000}}]",
+     ["reclaim.pressureTargetBasisPoints"]),
+    ("cgroups: [{cgroup: a, reclaim: {pressureTargetBasisPoints: .nan}}]",
+     ["reclaim.pressureTargetBasisPoints"]),
+    ("cgroups: [{cgroup: a, reclaim: {stepBytes: 1.9}}]", ["reclaim.stepBytes"]),
+    ("cgroups: [{cgroup: a, reclaim: {stepBytes: true}}]", ["reclaim.stepBytes"]),
+    ("cgroups: [{cgroup: a, reclaim: {stepBytes: Infinity}}]", ["reclaim.stepBytes"]),
     ("cgroups: [{cgroup: a, reclaim: {maxBytesPerSecond: 18446744073709559808}}]",
      ["reclaim.maxBytesPerSecond"]),
     ("cgroups: [{cgroup: a, reclaim: {swappiness: 1.5}}]", ["reclaim.swappiness"]),

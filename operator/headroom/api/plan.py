@@ -8,14 +8,15 @@ same numbers: ``scripts/crd-bounds`` writes them into crds/ and the chart's copy
 tests/unit/test_crds.py fails when they drift apart.
 
 Typing is strict and nothing is coerced: an integer field takes a JSON integer only
-(not a bool, not a float, not a numeric string), a number field takes an integer or a
-finite float, a string field a string. Standard library only: the standalone agent
+(not a bool, not a float, not a numeric string), a string field a string. No field is a
+float: percents are integers, the PSI target is in basis points, the CPU budget a
+millicore quantity string. Standard library only: the standalone agent
 imports this without the kubernetes client.
 """
 
 from __future__ import annotations
 
-import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +27,13 @@ INT64_MAX = 2**63 - 1
 MAX_BYTES = INT64_MAX - INT64_MAX % PAGE_SIZE
 # Below this memory.high a pod cannot do useful work: almost surely a unit mistake.
 MIN_MEMORY_HIGH = 1 << 20
-# The stated cap on a node's reclaim CPU budget (policies' nodeCpuBudget, plans'
-# cpuBudgetCores): more cores than any node has means the user meant something else.
+# The stated cap on a node's reclaim CPU budget (nodeCpuBudget, in policies and plans):
+# more cores than any node has means the user meant something else.
 MAX_CPU_BUDGET_CORES = 1024
 MIN_CPU_BUDGET_CORES = 0.001          # 1m, the quantity grain of CPU
+MAX_CPU_BUDGET_MILLICORES = MAX_CPU_BUDGET_CORES * 1000
+# A plan's nodeCpuBudget: always millicores, "1m" .. "1024000m" (the operator writes it so).
+MILLICORES_PATTERN = r"^([1-9][0-9]{0,5}|10[01][0-9]{4}|102[0-3][0-9]{3}|1024000)m$"
 MAX_SWAPPINESS = 200                  # memory.reclaim swappiness= range (0..200)
 MAX_UID_LENGTH = 128                  # pod UIDs are 36 characters; room for other forms
 MAX_NAMESPACE_LENGTH = 63             # a DNS label
@@ -44,7 +48,9 @@ DEFAULT_HEADROOM_PERCENT = 5
 DEFAULT_TARGET_PERCENT = 10
 DEFAULT_STEP_BYTES = 16 << 20
 DEFAULT_MAX_BYTES_PER_SECOND = 512 << 20
-DEFAULT_PRESSURE_TARGET_PERCENT = 0.1
+# PSI "some" target of Pressure mode in basis points (hundredths of a percent): 10 = 0.1%.
+DEFAULT_PRESSURE_TARGET_BASIS_POINTS = 10
+MAX_BASIS_POINTS = 9999
 
 
 @dataclass(frozen=True)
@@ -67,38 +73,6 @@ class IntBound:
     def schema(self) -> dict[str, Any]:
         """The CRD keywords of this bound (multipleOf as a CEL rule: see crd_rules)."""
         return {"minimum": self.minimum, "maximum": self.maximum}
-
-
-@dataclass(frozen=True)
-class NumberBound:
-    """A number field (integer or finite float) in [minimum, maximum], ends open if told."""
-
-    minimum: float
-    maximum: float
-    exclusive_minimum: bool = False
-    exclusive_maximum: bool = False
-
-    def problem(self, v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            return f"must be a number, got {_shown(v)}"
-        if isinstance(v, float) and not math.isfinite(v):
-            return f"must be a finite number, got {v}"
-        low_ok = v > self.minimum if self.exclusive_minimum else v >= self.minimum
-        high_ok = v < self.maximum if self.exclusive_maximum else v <= self.maximum
-        if not (low_ok and high_ok):
-            left = "(" if self.exclusive_minimum else "["
-            right = ")" if self.exclusive_maximum else "]"
-            return (f"must be in {left}{_num(self.minimum)}, {_num(self.maximum)}{right}, "
-                    f"got {v}")
-        return None
-
-    def schema(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"minimum": self.minimum, "maximum": self.maximum}
-        if self.exclusive_minimum:
-            out["exclusiveMinimum"] = True
-        if self.exclusive_maximum:
-            out["exclusiveMaximum"] = True
-        return out
 
 
 @dataclass(frozen=True)
@@ -133,16 +107,34 @@ class BoolBound:
         return {}
 
 
-Bound = IntBound | NumberBound | StringBound | BoolBound
+@dataclass(frozen=True)
+class MillicoresBound:
+    """A CPU amount as the operator writes it into a plan: whole millicores, "500m"."""
 
-_PERCENT = NumberBound(0, 100, exclusive_minimum=True, exclusive_maximum=True)
+    minimum: int
+    maximum: int
+
+    def problem(self, v: Any) -> str | None:
+        if not isinstance(v, str) or not re.fullmatch(MILLICORES_PATTERN, v):
+            return (f"must be a string of whole millicores from {self.minimum}m to "
+                    f"{self.maximum}m, got {_shown(v)}")
+        return None
+
+    def schema(self) -> dict[str, Any]:
+        return {"pattern": MILLICORES_PATTERN, "maxLength": 8}
+
+
+Bound = IntBound | StringBound | BoolBound | MillicoresBound
+
+# Percents are integers (Kubernetes API conventions: no floats in an API).
+_PERCENT = IntBound(1, 99)
 _BYTES = IntBound(PAGE_SIZE, MAX_BYTES, PAGE_SIZE)
 
 # Every bounded field of a plan, by its path below spec (pods[] = any entry). This table
 # is the single source: validate_entry applies it, scripts/crd-bounds writes it into the
 # NodeReclaimPlan CRD, tests/unit/test_crds.py checks that the CRD carries it.
 SPEC_BOUNDS: dict[str, Bound] = {
-    "cpuBudgetCores": NumberBound(MIN_CPU_BUDGET_CORES, MAX_CPU_BUDGET_CORES),
+    "nodeCpuBudget": MillicoresBound(1, MAX_CPU_BUDGET_MILLICORES),
 }
 ENTRY_BOUNDS: dict[str, Bound] = {
     "uid": StringBound(MAX_UID_LENGTH),
@@ -160,8 +152,19 @@ ENTRY_BOUNDS: dict[str, Bound] = {
     "reclaim.stepBytes": _BYTES,
     "reclaim.maxBytesPerSecond": _BYTES,
     "reclaim.swappiness": IntBound(0, MAX_SWAPPINESS),
-    "reclaim.pressureTargetPercent": _PERCENT,
+    "reclaim.pressureTargetBasisPoints": IntBound(1, MAX_BASIS_POINTS),
     "reclaim.livelockGuard": BoolBound(),
+}
+# Schema defaults (`default:` in the plan CRD, so that `kubectl explain` and `-o yaml` show
+# the values in effect); validate_entry fills in the same values for an absent field.
+ENTRY_DEFAULTS: dict[str, Any] = {
+    "dryRun": False,
+    "reclaim.headroomPercent": DEFAULT_HEADROOM_PERCENT,
+    "reclaim.targetPercent": DEFAULT_TARGET_PERCENT,
+    "reclaim.stepBytes": DEFAULT_STEP_BYTES,
+    "reclaim.maxBytesPerSecond": DEFAULT_MAX_BYTES_PER_SECOND,
+    "reclaim.pressureTargetBasisPoints": DEFAULT_PRESSURE_TARGET_BASIS_POINTS,
+    "reclaim.livelockGuard": True,
 }
 REQUIRED_ENTRY_FIELDS = ("uid", "namespace", "name", "qosClass", "memoryHigh", "policy",
                          "reclaim", "policy.kind", "policy.name", "reclaim.mode")
@@ -193,13 +196,18 @@ class PlanReclaim:
     """The reclaim block with defaults filled in; every value within its bound."""
 
     mode: str = "Watermark"
-    headroom_percent: int | float = DEFAULT_HEADROOM_PERCENT
-    target_percent: int | float = DEFAULT_TARGET_PERCENT
+    headroom_percent: int = DEFAULT_HEADROOM_PERCENT
+    target_percent: int = DEFAULT_TARGET_PERCENT
     step_bytes: int = DEFAULT_STEP_BYTES
     max_bytes_per_second: int = DEFAULT_MAX_BYTES_PER_SECOND
     swappiness: int | None = None
-    pressure_target_percent: int | float = DEFAULT_PRESSURE_TARGET_PERCENT
+    pressure_target_basis_points: int = DEFAULT_PRESSURE_TARGET_BASIS_POINTS
     livelock_guard: bool = True
+
+    @property
+    def pressure_target_percent(self) -> float:
+        """The engine's unit (percent of wall time) of pressureTargetBasisPoints."""
+        return self.pressure_target_basis_points / 100
 
 
 @dataclass(frozen=True)
@@ -219,7 +227,7 @@ class PlanEntry:
 _RECLAIM_ATTRS = {
     "mode": "mode", "headroomPercent": "headroom_percent", "targetPercent": "target_percent",
     "stepBytes": "step_bytes", "maxBytesPerSecond": "max_bytes_per_second",
-    "swappiness": "swappiness", "pressureTargetPercent": "pressure_target_percent",
+    "swappiness": "swappiness", "pressureTargetBasisPoints": "pressure_target_basis_points",
     "livelockGuard": "livelock_guard",
 }
 
@@ -229,10 +237,6 @@ def _shown(v: Any) -> str:
     if len(text) > 40:
         text = text[:37] + "..."
     return f"{text} ({type(v).__name__})"
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 def _check_object(raw: Any, known: set[str], path: str, problems: list[Problem]) -> bool:
@@ -299,13 +303,18 @@ def validate_entry(raw: Any) -> tuple[PlanEntry | None, tuple[Problem, ...]]:
 
 
 def validate_cpu_budget(raw: Any) -> tuple[float | None, tuple[Problem, ...]]:
-    """spec.cpuBudgetCores -> (cores or None when absent, problems)."""
+    """spec.nodeCpuBudget ("500m") -> (cores or None when absent, problems)."""
     if raw is None:
         return None, ()
-    why = SPEC_BOUNDS["cpuBudgetCores"].problem(raw)
+    why = SPEC_BOUNDS["nodeCpuBudget"].problem(raw)
     if why:
-        return None, (Problem("cpuBudgetCores", why),)
-    return float(raw), ()
+        return None, (Problem("nodeCpuBudget", why),)
+    return int(raw[:-1]) / 1000, ()
+
+
+def millicores(cores: float) -> str:
+    """Cores -> a plan's nodeCpuBudget ("500m"), rounded to the millicore grain."""
+    return f"{max(1, min(MAX_CPU_BUDGET_MILLICORES, round(cores * 1000)))}m"
 
 
 @dataclass(frozen=True)
@@ -325,7 +334,7 @@ def validate_spec(raw: Any) -> SpecCheck:
     if not isinstance(raw, Mapping):
         return SpecCheck((), (), None, (Problem("spec", f"must be an object, got "
                                                         f"{_shown(raw)}"),))
-    budget, budget_problems = validate_cpu_budget(raw.get("cpuBudgetCores"))
+    budget, budget_problems = validate_cpu_budget(raw.get("nodeCpuBudget"))
     spec_problems += budget_problems
     pods = raw.get("pods")
     if pods is None:
@@ -367,7 +376,10 @@ def crd_bounds() -> dict[tuple[str, ...], dict[str, Any]]:
     for path, bound in SPEC_BOUNDS.items():
         out[(path,)] = bound.schema()
     for path, bound in ENTRY_BOUNDS.items():
-        out[("pods", "[]", *_entry_schema_path(path))] = bound.schema()
+        keywords = bound.schema()
+        if path in ENTRY_DEFAULTS:
+            keywords["default"] = ENTRY_DEFAULTS[path]
+        out[("pods", "[]", *_entry_schema_path(path))] = keywords
     return out
 
 
@@ -384,8 +396,8 @@ def crd_rules() -> dict[tuple[str, ...], list[dict[str, str]]]:
                 "message": f"{key} must be a multiple of {bound.multiple_of}"}]
     out[("pods", "[]", "reclaim")] = [{
         "rule": f"(has(self.headroomPercent) ? self.headroomPercent : "
-                f"{float(DEFAULT_HEADROOM_PERCENT)}) < (has(self.targetPercent) ? "
-                f"self.targetPercent : {float(DEFAULT_TARGET_PERCENT)})",
+                f"{DEFAULT_HEADROOM_PERCENT}) < (has(self.targetPercent) ? "
+                f"self.targetPercent : {DEFAULT_TARGET_PERCENT})",
         "message": f"{HEADROOM_BELOW_TARGET} (defaults {DEFAULT_HEADROOM_PERCENT} and "
                    f"{DEFAULT_TARGET_PERCENT})"}]
     return out

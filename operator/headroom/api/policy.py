@@ -9,19 +9,18 @@ is a ``PolicyError`` with a condition reason and a message naming the field.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from headroom.api import syntax
 from headroom.api.plan import (
     DEFAULT_HEADROOM_PERCENT,
     DEFAULT_MAX_BYTES_PER_SECOND,
-    DEFAULT_PRESSURE_TARGET_PERCENT,
+    DEFAULT_PRESSURE_TARGET_BASIS_POINTS,
     DEFAULT_STEP_BYTES,
     DEFAULT_TARGET_PERCENT,
+    MAX_BASIS_POINTS,
     MAX_BYTES,
     MAX_CPU_BUDGET_CORES,
     MIN_CPU_BUDGET_CORES,
@@ -70,22 +69,22 @@ class MemoryHigh:
     """Exactly one of the three forms is set."""
 
     bytes: int | None = None
-    limit_percent: Decimal | None = None
-    throttling_factor: Decimal | None = None
+    limit_percent: int | None = None
+    throttling_percent: int | None = None
 
     def for_pod(self, mem: PodMemory) -> tuple[int | None, str, str]:
         """(bytes, "", "") or (None, reason, message) when the pod must be skipped."""
         if self.bytes is not None:
             value = self.bytes if mem.limit is None else min(self.bytes, mem.limit)
         elif mem.limit is None:
-            form = "limitPercent" if self.limit_percent is not None else "throttlingFactor"
+            form = "limitPercent" if self.limit_percent is not None else "throttlingPercent"
             return None, "NoMemoryLimit", f"memoryHigh.{form} needs a pod memory limit"
         elif self.limit_percent is not None:
-            value = math.floor(mem.limit * self.limit_percent / 100)
+            value = mem.limit * self.limit_percent // 100       # integers: exact
         else:
-            assert self.throttling_factor is not None
+            assert self.throttling_percent is not None
             request = min(mem.request, mem.limit)
-            value = math.floor(request + self.throttling_factor * (mem.limit - request))
+            value = request + self.throttling_percent * (mem.limit - request) // 100
         value = page_align_down(value)
         if value < MIN_MEMORY_HIGH:
             return None, "BelowMinimum", (
@@ -96,13 +95,13 @@ class MemoryHigh:
 @dataclass(frozen=True)
 class ReclaimSpec:
     mode: str = "Watermark"
-    headroom_percent: int | float = DEFAULT_HEADROOM_PERCENT
-    target_percent: int | float = DEFAULT_TARGET_PERCENT
+    headroom_percent: int = DEFAULT_HEADROOM_PERCENT
+    target_percent: int = DEFAULT_TARGET_PERCENT
     step_bytes: int = DEFAULT_STEP_BYTES
     max_bytes_per_second: int = DEFAULT_MAX_BYTES_PER_SECOND
     node_cpu_budget: float | None = None     # cores
     swappiness: int | None = None
-    pressure_target_percent: int | float = DEFAULT_PRESSURE_TARGET_PERCENT
+    pressure_target_basis_points: int = DEFAULT_PRESSURE_TARGET_BASIS_POINTS
     livelock_guard: bool = True
 
     def to_plan(self) -> dict[str, Any]:
@@ -116,9 +115,10 @@ class ReclaimSpec:
         }
         if self.swappiness is not None:
             out["swappiness"] = self.swappiness
-        out["pressureTargetPercent"] = self.pressure_target_percent
-        if not self.livelock_guard:   # absent = true: plans of older operators mean the same
-            out["livelockGuard"] = False
+        out["pressureTargetBasisPoints"] = self.pressure_target_basis_points
+        # Every field the plan CRD defaults is written: what the server stores is then
+        # exactly what the operator computed, and a restarted operator rewrites nothing.
+        out["livelockGuard"] = self.livelock_guard
         return out
 
 
@@ -148,16 +148,14 @@ def policy_ref(obj: Mapping[str, Any], kind: str) -> PolicyRef:
     return PolicyRef(kind, ns, str(meta.get("name") or ""))
 
 
-def _number(spec: Mapping[str, Any], key: str, field: str, default: Any,
-            lo: float, hi: float, lo_open: bool = False, integer: bool = False) -> Any:
+def _integer(spec: Mapping[str, Any], key: str, field: str, default: int | None,
+             lo: int, hi: int) -> int:
+    """An integer field in [lo, hi]: no floats (API conventions), no bools."""
     v = spec.get(key, default)
-    wrong_type = not isinstance(v, int if integer else int | float)
-    if isinstance(v, bool) or wrong_type:
-        kind = "an integer" if integer else "a number"
-        raise PolicyError("InvalidSpec", f"{field} must be {kind}, got {v!r}")
-    if (v <= lo if lo_open else v < lo) or v > hi:
-        left = "(" if lo_open else "["
-        raise PolicyError("InvalidSpec", f"{field} must be in {left}{lo}, {hi}], got {v}")
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise PolicyError("InvalidSpec", f"{field} must be an integer, got {v!r}")
+    if not lo <= v <= hi:
+        raise PolicyError("InvalidSpec", f"{field} must be in [{lo}, {hi}], got {v}")
     return v
 
 
@@ -208,18 +206,20 @@ def _cpu(raw: Any, field: str) -> float:
 def _memory_high(raw: Any) -> MemoryHigh:
     if not isinstance(raw, Mapping):
         raise PolicyError("InvalidSpec", "spec.memoryHigh is required")
-    forms = [k for k in ("bytes", "limitPercent", "throttlingFactor") if raw.get(k) is not None]
+    forms = [k for k in ("bytes", "limitPercent", "throttlingPercent")
+             if raw.get(k) is not None]
     if len(forms) != 1:
         raise PolicyError("InvalidSpec", "spec.memoryHigh needs exactly one of bytes, "
-                          f"limitPercent, throttlingFactor (got {', '.join(forms) or 'none'})")
+                          f"limitPercent, throttlingPercent (got {', '.join(forms) or 'none'})")
     if forms[0] == "bytes":
         return MemoryHigh(bytes=_bytes(raw, "bytes", "spec.memoryHigh.bytes", 0,
                                        MIN_MEMORY_HIGH))
     if forms[0] == "limitPercent":
-        p = _number(raw, "limitPercent", "spec.memoryHigh.limitPercent", None, 1, 100)
-        return MemoryHigh(limit_percent=Decimal(str(p)))
-    f = _number(raw, "throttlingFactor", "spec.memoryHigh.throttlingFactor", None, 0, 1, True)
-    return MemoryHigh(throttling_factor=Decimal(str(f)))
+        return MemoryHigh(limit_percent=_integer(raw, "limitPercent",
+                                                 "spec.memoryHigh.limitPercent", None, 1, 100))
+    return MemoryHigh(throttling_percent=_integer(raw, "throttlingPercent",
+                                                  "spec.memoryHigh.throttlingPercent", None,
+                                                  1, 100))
 
 
 def _reclaim(raw: Any) -> ReclaimSpec:
@@ -233,10 +233,9 @@ def _reclaim(raw: Any) -> ReclaimSpec:
     if mode not in MODES:
         raise PolicyError("InvalidSpec", f"spec.reclaim.mode must be one of {', '.join(MODES)}")
     f = "spec.reclaim."
-    headroom = _number(raw, "headroomPercent", f + "headroomPercent", DEFAULT_HEADROOM_PERCENT,
-                       0, 100, lo_open=True)
-    target = _number(raw, "targetPercent", f + "targetPercent", DEFAULT_TARGET_PERCENT,
-                     0, 100, lo_open=True)
+    headroom = _integer(raw, "headroomPercent", f + "headroomPercent",
+                        DEFAULT_HEADROOM_PERCENT, 1, 99)
+    target = _integer(raw, "targetPercent", f + "targetPercent", DEFAULT_TARGET_PERCENT, 1, 99)
     if not headroom < target < 100:
         raise PolicyError("InvalidSpec", "spec.reclaim: need headroomPercent < targetPercent "
                           f"< 100, got {headroom} and {target}")
@@ -248,18 +247,19 @@ def _reclaim(raw: Any) -> ReclaimSpec:
         raise PolicyError("InvalidSpec", f"{f}livelockGuard must be a boolean, got {guard!r}")
     swappiness = None
     if raw.get("swappiness") is not None:
-        swappiness = _number(raw, "swappiness", f + "swappiness", None, 0, 200, integer=True)
+        swappiness = _integer(raw, "swappiness", f + "swappiness", None, 0, 200)
     return ReclaimSpec(
         mode=mode,
         headroom_percent=headroom,
         target_percent=target,
-        step_bytes=_bytes(raw, "stepSize", f + "stepSize", DEFAULT_STEP_BYTES, PAGE_SIZE),
+        step_bytes=_bytes(raw, "stepBytes", f + "stepBytes", DEFAULT_STEP_BYTES, PAGE_SIZE),
         max_bytes_per_second=_bytes(raw, "maxBytesPerSecond", f + "maxBytesPerSecond",
                                     DEFAULT_MAX_BYTES_PER_SECOND, PAGE_SIZE),
         node_cpu_budget=budget,
         swappiness=swappiness,
-        pressure_target_percent=_number(raw, "pressureTargetPercent", f + "pressureTargetPercent",
-                                        DEFAULT_PRESSURE_TARGET_PERCENT, 0, 100, lo_open=True),
+        pressure_target_basis_points=_integer(
+            raw, "pressureTargetBasisPoints", f + "pressureTargetBasisPoints",
+            DEFAULT_PRESSURE_TARGET_BASIS_POINTS, 1, MAX_BASIS_POINTS),
         livelock_guard=guard,
     )
 
@@ -311,7 +311,6 @@ def parse_policy(obj: Mapping[str, Any], kind: str) -> Policy:
         namespace_selector=ns_selector,
         memory_high=_memory_high(spec.get("memoryHigh")),
         reclaim=_reclaim(spec.get("reclaim")),
-        priority=_number(spec, "priority", "spec.priority", 0, -INT32_MAX - 1, INT32_MAX,
-                         integer=True),
+        priority=_integer(spec, "priority", "spec.priority", 0, -INT32_MAX - 1, INT32_MAX),
         dry_run=dry_run,
     )

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from headroom.api.plan import millicores
 from headroom.api.pod import PodMemory, is_active, pod_memory, qos_class, resource_key
 from headroom.api.policy import CLUSTER_KIND, NAMESPACED_KIND, Policy, PolicyError, parse_policy
 from headroom.api.policy import policy_ref as make_policy_ref
@@ -377,7 +378,7 @@ class IncrementalResolver:
         spec: dict[str, Any] = {"nodeName": node}
         budgets = [b for _, _, b in entries.values() if b is not None]
         if budgets:
-            spec["cpuBudgetCores"] = min(budgets)
+            spec["nodeCpuBudget"] = millicores(min(budgets))
         spec["pods"] = [e for _, e, _ in sorted(entries.values(), key=_first)]
         return spec
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from headroom.api.plan import millicores
 from headroom.api.pod import PodMemory, is_active, pod_memory, qos_class, resource_key
 from headroom.api.policy import (
     CLUSTER_KIND,
@@ -252,7 +253,7 @@ def _build_plans(won: Iterable[tuple[Mapping[str, Any], Policy | None]],
     for node in sorted(entries):
         spec: dict[str, Any] = {"nodeName": node}
         if node in budgets:
-            spec["cpuBudgetCores"] = budgets[node]
+            spec["nodeCpuBudget"] = millicores(budgets[node])
         spec["pods"] = sorted(entries[node],
                               key=lambda e: (e["namespace"], e["name"], e["uid"]))
         plans[node] = spec

@@ -2,7 +2,7 @@
 
 Format (docs/engine.md, examples/standalone/headroom.yaml):
 
-    cpuBudget: 500m            # node-wide reclaim CPU, cores (quantity); default --cpu-budget
+    nodeCpuBudget: 500m        # node-wide reclaim CPU, cores (quantity); default --cpu-budget
     rescanInterval: 10         # seconds between glob re-scans
     summaryInterval: 60        # seconds between summary log lines; 0: none
     cgroups:
@@ -10,8 +10,11 @@ Format (docs/engine.md, examples/standalone/headroom.yaml):
       memoryHigh: 256Mi        # bytes/quantity, or "90%" of the cgroup's memory.max;
                                # omitted: leave memory.high alone and keep usage under it
       dryRun: false
-      reclaim: {mode: Watermark, headroomPercent: 5, targetPercent: 10, stepSize: 16Mi,
-                maxBytesPerSecond: 512Mi, swappiness: 60, pressureTargetPercent: 0.1}
+      reclaim: {mode: Watermark, headroomPercent: 5, targetPercent: 10, stepBytes: 16Mi,
+                maxBytesPerSecond: 512Mi, swappiness: 60, pressureTargetBasisPoints: 10}
+
+The names and types are the policy API's (docs/api.md); the reclaim block is parsed by
+the policy's own parser.
 """
 
 from __future__ import annotations
@@ -24,16 +27,21 @@ from typing import Any
 
 import yaml
 
-from headroom.api.plan import ENTRY_BOUNDS, MIN_MEMORY_HIGH, SPEC_BOUNDS
+from headroom.api.plan import (
+    ENTRY_BOUNDS,
+    MAX_CPU_BUDGET_CORES,
+    MIN_CPU_BUDGET_CORES,
+    MIN_MEMORY_HIGH,
+)
 from headroom.api.policy import PolicyError
 from headroom.api.policy import _reclaim as parse_reclaim_block
 from headroom.api.quantity import QuantityError, page_align_down, parse_bytes, parse_cpu
 from headroom.engine import ReclaimSettings
 
-TOP_KEYS = ("cpuBudget", "rescanInterval", "summaryInterval", "cgroups")
+TOP_KEYS = ("nodeCpuBudget", "rescanInterval", "summaryInterval", "cgroups")
 ENTRY_KEYS = ("cgroup", "memoryHigh", "dryRun", "reclaim")
-RECLAIM_KEYS = ("mode", "headroomPercent", "targetPercent", "stepSize", "maxBytesPerSecond",
-                "swappiness", "pressureTargetPercent", "livelockGuard")
+RECLAIM_KEYS = ("mode", "headroomPercent", "targetPercent", "stepBytes", "maxBytesPerSecond",
+                "swappiness", "pressureTargetBasisPoints", "livelockGuard")
 DEFAULT_RESCAN_SECONDS = 10.0
 DEFAULT_SUMMARY_SECONDS = 60.0
 
@@ -100,20 +108,20 @@ def parse(raw: Any, path: pathlib.Path) -> Config:
         raise ConfigError(path, "top level", "must be a mapping with a 'cgroups' list")
     _no_unknown_keys(raw, TOP_KEYS, path, "top level")
     cpu = None
-    if raw.get("cpuBudget") is not None:
-        if isinstance(raw["cpuBudget"], bool):
-            raise ConfigError(path, "cpuBudget",
-                              f"must be a CPU quantity, got {raw['cpuBudget']!r}")
+    if raw.get("nodeCpuBudget") is not None:
+        key = "nodeCpuBudget"
+        if isinstance(raw[key], bool):
+            raise ConfigError(path, key, f"must be a CPU quantity, got {raw[key]!r}")
         try:
-            cpu = parse_cpu(raw["cpuBudget"])
+            cpu = parse_cpu(raw[key])
         except (QuantityError, OverflowError, ValueError) as e:
-            raise ConfigError(path, "cpuBudget", str(e)) from None
+            raise ConfigError(path, key, str(e)) from None
         if not cpu > 0:
-            raise ConfigError(path, "cpuBudget", f"must be > 0 cores, got {raw['cpuBudget']!r}")
+            raise ConfigError(path, key, f"must be > 0 cores, got {raw[key]!r}")
         # the plan contract's bounds: the same node budget a cluster could ask for
-        why = SPEC_BOUNDS["cpuBudgetCores"].problem(cpu)
-        if why:
-            raise ConfigError(path, "cpuBudget", f"{why} (cores)")
+        if not MIN_CPU_BUDGET_CORES <= cpu <= MAX_CPU_BUDGET_CORES:
+            raise ConfigError(path, key, f"must be between {MIN_CPU_BUDGET_CORES:g} and "
+                              f"{MAX_CPU_BUDGET_CORES} cores, got {raw[key]!r}")
     rescan = _seconds(raw, "rescanInterval", DEFAULT_RESCAN_SECONDS, path, minimum=0.1)
     summary = _seconds(raw, "summaryInterval", DEFAULT_SUMMARY_SECONDS, path, minimum=0.0)
     entries_raw = raw.get("cgroups")
@@ -187,7 +195,7 @@ def _entry(index: int, e: Any, path: pathlib.Path) -> Entry:
         raise fail("reclaim", "must be a mapping")
     if reclaim:
         _no_unknown_keys(reclaim, RECLAIM_KEYS, path, "reclaim", index, glob)
-    for name in ("stepSize", "maxBytesPerSecond"):   # a quantity of Infinity, 1e999
+    for name in ("stepBytes", "maxBytesPerSecond"):   # a quantity of Infinity, 1e999
         if reclaim and reclaim.get(name) is not None:
             try:
                 parse_bytes(reclaim[name])
@@ -202,19 +210,17 @@ def _entry(index: int, e: Any, path: pathlib.Path) -> Entry:
         raise fail("reclaim", str(err)) from None
     # ... and the plan contract's bounds on what comes out (the same the agent applies
     # to a cluster's plan): nothing past int64, no nan, no bool taken for a number
-    for name, value in (("stepSize", page_align_down(spec.step_bytes)),
+    for name, value in (("stepBytes", page_align_down(spec.step_bytes)),
                         ("maxBytesPerSecond", page_align_down(spec.max_bytes_per_second)),
                         ("headroomPercent", spec.headroom_percent),
                         ("targetPercent", spec.target_percent),
                         ("swappiness", spec.swappiness),
-                        ("pressureTargetPercent", spec.pressure_target_percent)):
-        contract = {"stepSize": "stepBytes"}.get(name, name)
+                        ("pressureTargetBasisPoints", spec.pressure_target_basis_points)):
         raw_value = (reclaim or {}).get(name)
         if value is None:
             continue
-        why = (f"must be a number, got {raw_value!r}" if isinstance(raw_value, bool)
-               else ENTRY_BOUNDS[f"reclaim.{contract}"].problem(
-                   float(value) if not isinstance(value, int) else value))
+        why = (f"must be an integer, got {raw_value!r}" if isinstance(raw_value, bool)
+               else ENTRY_BOUNDS[f"reclaim.{name}"].problem(value))
         if why:
             raise fail(f"reclaim.{name}", why)
     settings = ReclaimSettings(
@@ -223,6 +229,6 @@ def _entry(index: int, e: Any, path: pathlib.Path) -> Entry:
         step_bytes=page_align_down(spec.step_bytes),
         max_bytes_per_second=page_align_down(spec.max_bytes_per_second),
         swappiness=spec.swappiness,
-        pressure_target_percent=float(spec.pressure_target_percent),
+        pressure_target_percent=spec.pressure_target_basis_points / 100,
         livelock_guard=spec.livelock_guard)
     return Entry(index, glob.strip(), high, percent, settings, dry)

@@ -430,7 +430,7 @@ def test_cluster_agent_survives_sigkills(kubepods_root: pathlib.Path, preimporte
     def publish() -> None:
         pods = [plan_entry(uid, m.wanted) for uid, m in world.cgroups.items()
                 if m.wanted is not None and m.path.is_dir()]
-        spec = {"nodeName": NODE, "cpuBudgetCores": 1, "pods": pods}
+        spec = {"nodeName": NODE, "nodeCpuBudget": "1000m", "pods": pods}
         try:
             emulator.request("PATCH", f"{PLANS}/{NODE}", {"spec": spec},
                              "application/merge-patch+json")

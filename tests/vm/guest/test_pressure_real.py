@@ -2,8 +2,8 @@
 
 One cgroup without memory.high: 256 MiB of cold anonymous memory and a 32 MiB hot loop
 (tests/vm/workloads/anon_alloc.py), zram swap; headroom's engine in Pressure mode with
-the API's default pressureTargetPercent (0.1%). Counters of one boot only: usage at the
-start against the end of each phase, PSI "some" totals, memory.stat refaults.
+the API's default pressureTargetBasisPoints (10, i.e. 0.1%). Counters of one boot only:
+usage at the start against the end of each phase, PSI "some" totals, memory.stat refaults.
 
 The engine samples PSI every second and probes up to 3% of usage per sample here (the
 defaults: 2 s, 1%, as slow as Senpai on purpose) so that the cold part is gone within

@@ -34,7 +34,7 @@ summaryInterval: 0
 cgroups:
 - cgroup: "{glob}"
   memoryHigh: 64Mi
-  reclaim: {{mode: Watermark, headroomPercent: 5, targetPercent: 10, stepSize: {step}}}
+  reclaim: {{mode: Watermark, headroomPercent: 5, targetPercent: 10, stepBytes: {step}}}
 """)
     return path
 
@@ -53,7 +53,7 @@ def test_bad_config_exits_2_and_writes_nothing(make_cgroup, cgroup_root: Path,
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert str(cfg) in lines[0] and "cgroups[0]" in lines[0] and "stepSize" in lines[0]
+    assert str(cfg) in lines[0] and "cgroups[0]" in lines[0] and "stepBytes" in lines[0]
     assert _high_text(cg) == "max"
 
 
