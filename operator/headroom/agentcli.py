@@ -58,6 +58,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         type=non_negative, metavar="SECONDS",
         help="cluster mode: seconds between status writes when nothing but counters changed, "
              "less up to 20% jitter")
+    add(p, "--lease-namespace", env="HEADROOM_LEASE_NAMESPACE", default=None,
+        metavar="NAMESPACE",
+        help="cluster mode: namespace of this agent's Lease (headroom-agent-<node>, renewed "
+             "every 10 s, 40 s duration: its liveness); unset: no Lease (the chart sets the "
+             "release namespace)")
     add(p, "--cpu-budget", env="HEADROOM_CPU_BUDGET", default=0.5, type=non_negative,
         metavar="CORES",
         help="node-wide CPU the reclaim engine may spend, in cores, unless the plan sets one")

@@ -32,6 +32,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="PORT", help="port of /metrics; 0: none (the chart sets 9808)")
     add(p, "--http-address", env="HEADROOM_HTTP_ADDRESS", default="0.0.0.0", metavar="ADDR",
         help="address the health and metrics endpoints bind")
+    add(p, "--agent-namespace", env="HEADROOM_AGENT_NAMESPACE", default=None,
+        metavar="NAMESPACE",
+        help="namespace of the agents' Leases, reported on /metrics as "
+             "headroom_agent_leases{state}; unset: not reported (the chart sets the release "
+             "namespace)")
     add(p, "--liveness", env="HEADROOM_LIVENESS_ENDPOINT", default="", metavar="URL",
         help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz; empty: none")
     add_logging_flags(p)

@@ -8,6 +8,7 @@
 Series: `headroom_operator_round_duration_seconds` (histogram),
 `headroom_operator_rounds_total{result}`, `headroom_operator_writes_total{kind,result}`,
 `headroom_operator_cache_objects{kind}`, `headroom_operator_caches_synced`,
+`headroom_policy_reclaimed_bytes{kind,namespace,policy}`,
 `headroom_operator_last_round_timestamp_seconds`, `headroom_build_info`, and the
 process collector's `process_*`. No `*_created` series (prometheus_client's are turned
 off process-wide).
@@ -15,6 +16,7 @@ off process-wide).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from headroom import __version__, health
+from headroom.controller import status as status_mod
 
 prometheus_client.disable_created_metrics()
 
@@ -60,6 +63,25 @@ class _CacheCollector(Collector):
             synced.add_metric([], 0.0)
         yield sizes
         yield synced
+        yield self._reclaimed(informers)
+
+    @staticmethod
+    def _reclaimed(informers: Any) -> Metric:
+        """Bytes reclaimed per policy, summed from the plans' status at scrape time: the
+        counter the policy status no longer carries (it would rewrite every policy's
+        status each time it moves). A gauge: pods that leave take their bytes along."""
+        family = GaugeMetricFamily(
+            "headroom_policy_reclaimed_bytes", "Bytes the agents report reclaimed from the "
+            "pods a policy currently has in plans, by policy.",
+            labels=["kind", "namespace", "policy"])
+        plans = informers.caches.get("plans") if informers is not None else None
+        if plans:
+            for key, total in sorted(status_mod.reclaimed_by_policy(dict(plans)).items()):
+                ref = json.loads(key)
+                if isinstance(ref, dict):
+                    family.add_metric([str(ref.get("kind", "")), str(ref.get("namespace", "")),
+                                       str(ref.get("name", ""))], float(total))
+        return family
 
 
 def build_info(registry: CollectorRegistry, component: str) -> Gauge:

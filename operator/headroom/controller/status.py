@@ -2,6 +2,9 @@
 
 A pod counts as enforced when the agent on its node reports it `applied` with the
 memory.high the plan asks for (a status written for an older plan does not count).
+The status is bounded: at most MAX_NODES_LISTED nodes and MAX_SKIPPED_LISTED skipped
+pods, and no counters (bytes reclaimed per policy is the operator's metric
+headroom_policy_reclaimed_bytes, see ``reclaimed_by_policy``).
 Conditions keep their lastTransitionTime while their status stays the same, so an
 unchanged policy produces a byte-equal status and the operator writes nothing.
 """
@@ -15,6 +18,11 @@ from headroom.controller.plans import canonical
 from headroom.controller.resolve import PolicyRef, PolicyReport
 
 MAX_SKIPPED_LISTED = 20   # status lists this many skipped pods, counts all of them
+# status.nodes lists this many nodes (most behind first), nodeCount counts all of them: a
+# policy over thousands of nodes keeps a status of bounded size that changes only when
+# the listed progress does.
+MAX_NODES_LISTED = 10
+MAX_MESSAGE_LENGTH = 32768  # metav1.Condition's bound
 
 Outcomes = Mapping[tuple[str, str], Mapping[str, Any]]   # (node, pod uid) -> agent's entry
 
@@ -44,8 +52,9 @@ def _condition(type_: str, ok: bool, reason: str, message: str, generation: int 
     status = "True" if ok else "False"
     before = previous.get(type_) or {}
     since = before.get("lastTransitionTime") if before.get("status") == status else None
-    cond: dict[str, Any] = {"type": type_, "status": status, "reason": reason,
-                            "message": message, "lastTransitionTime": since or now}
+    cond: dict[str, Any] = {"type": type_, "status": status, "reason": reason or type_,
+                            "message": message[:MAX_MESSAGE_LENGTH],
+                            "lastTransitionTime": since or now}
     if generation is not None:
         cond["observedGeneration"] = generation
     return cond
@@ -74,15 +83,13 @@ def node_summary(node: str, entries: list[Mapping[str, Any]],
                  outcomes: Outcomes) -> dict[str, Any]:
     """One policy's line in `.status.nodes` for one node: its plan entries there and what
     the agent reports about them."""
-    enforced = reclaimed = 0
+    enforced = 0
     for entry in entries:
         outcome = outcomes.get((node, entry.get("uid", ""))) or {}
-        reclaimed += int(outcome.get("reclaimedBytes") or 0)
         if outcome.get("applied") and not entry.get("dryRun") and \
                 outcome.get("memoryHigh", entry.get("memoryHigh")) == entry.get("memoryHigh"):
             enforced += 1
-    return {"node": node, "pods": len(entries), "enforced": enforced,
-            "reclaimedBytes": reclaimed}
+    return {"node": node, "pods": len(entries), "enforced": enforced}
 
 
 def policy_status(report: PolicyReport, entries: Mapping[str, list[Mapping[str, Any]]],
@@ -98,8 +105,10 @@ def status_from_nodes(report: PolicyReport, nodes: list[dict[str, Any]],
     """The whole `.status` of one policy from its node_summary() lines (sorted by node),
     so that an incremental caller recomputes only the lines of nodes that changed."""
     enforced_total = sum(n["enforced"] for n in nodes)
-    reclaimed_total = sum(n["reclaimedBytes"] for n in nodes)
     planned_total = sum(n["pods"] for n in nodes)
+    # bounded: the MAX_NODES_LISTED nodes most behind (then with most pods), by name
+    listed = sorted(nodes, key=lambda n: (n["enforced"] - n["pods"], -n["pods"], n["node"]))
+    listed = sorted(listed[:MAX_NODES_LISTED], key=lambda n: n["node"])
     prev_conditions = {c.get("type"): c for c in (previous or {}).get("conditions") or ()}
     gen = report.generation
     ready = _ready(report, planned_total, enforced_total)
@@ -111,8 +120,8 @@ def status_from_nodes(report: PolicyReport, nodes: list[dict[str, Any]],
         "matchedPods": report.matched_pods,
         "enforcedPods": enforced_total,
         "skippedPods": len(report.skipped),
-        "reclaimedBytes": reclaimed_total,
-        "nodes": [dict(n) for n in nodes],
+        "nodeCount": len(nodes),
+        "nodes": [dict(n) for n in listed],
         "skipped": [{"namespace": s.pod.namespace, "name": s.pod.name, "node": s.node,
                      "reason": s.reason, "message": s.message}
                     for s in report.skipped[:MAX_SKIPPED_LISTED]],
@@ -138,3 +147,20 @@ def newly_invalid(report: PolicyReport, previous: Mapping[str, Any] | None) -> b
     prev = {c.get("type"): c for c in (previous or {}).get("conditions") or ()}.get("Valid")
     return not prev or prev.get("status") != "False" or prev.get("reason") != report.reason \
         or prev.get("observedGeneration") != report.generation
+
+
+def reclaimed_by_policy(plans: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """canonical(policy ref) -> bytes the agents report reclaimed from its pods, summed
+    over the NodeReclaimPlan objects (spec says whose pod, status how much)."""
+    out: dict[str, int] = {}
+    for plan in plans.values():
+        owners = {e.get("uid"): canonical(e.get("policy"))
+                  for e in (plan.get("spec") or {}).get("pods") or () if isinstance(e, Mapping)}
+        for entry in (plan.get("status") or {}).get("pods") or ():
+            if not isinstance(entry, Mapping) or entry.get("uid") not in owners:
+                continue
+            n = entry.get("reclaimedBytes")
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                key = owners[entry["uid"]]
+                out[key] = out.get(key, 0) + n
+    return out

@@ -126,6 +126,11 @@ class AgentMetrics:
         self.state_files_set_aside = Counter(
             "headroom_state_files_set_aside", "Saved state files found unreadable or "
             "malformed and moved aside, by file.", ["file"], registry=self.registry)
+        self.lease_renewals = Counter("headroom_lease_renewals", "Renewals of the agent's "
+                                      "Lease (its liveness), by result.", ["result"],
+                                      registry=self.registry)
+        for result in ("ok", "error"):
+            self.lease_renewals.labels(result=result)
         self.plan_watch_connected = Gauge("headroom_plan_watch_connected",
                                           "1 while the plan watch is connected.",
                                           registry=self.registry)

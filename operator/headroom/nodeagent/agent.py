@@ -23,6 +23,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -46,10 +47,18 @@ from headroom.engine import ReclaimEngine, ReclaimSettings, Target
 from headroom.engine.metrics import AgentMetrics
 from headroom.logs import event, setup
 from headroom.nodeagent.events import EventRecorder, PodRef, find_incidents, kubernetes_poster
+from headroom.nodeagent.lease import LeaseKeeper
 from headroom.nodeagent.planstate import PLAN_FILE, StateStore
 from headroom.nodeagent.planwatch import GROUP, PLURAL, VERSION, PlanWatcher, plan_identity
 from headroom.nodeagent.podcgroups import PodCgroupError, PodCgroupResolver, make_resolver
-from headroom.nodeagent.status import PodEntry, PodProblem, StatusSchedule, build_status, rfc3339
+from headroom.nodeagent.status import (
+    PodEntry,
+    PodProblem,
+    StatusSchedule,
+    build_status,
+    plan_conditions,
+    rfc3339,
+)
 
 log = logging.getLogger("headroom.agent")
 
@@ -248,6 +257,7 @@ class ClusterAgent:
         self.next_retry = 0.0                # engine-side failures are retried this late
         self.prev_snapshot: dict[str, Any] = {}
         self.labels: dict[str, dict[str, str]] = {}
+        self.conditions: list[dict[str, Any]] = []   # the last built, for transition times
         if metrics is not None:
             metrics.watch_engine(engine, lambda key: self.labels.get(key, {}))
 
@@ -353,7 +363,7 @@ class ClusterAgent:
 
     def status(self, snapshot: Mapping[str, Any] | None = None) -> dict[str, Any]:
         snapshot = self.engine.snapshot() if snapshot is None else snapshot
-        return build_status(
+        status = build_status(
             generation=self.plan.generation,
             pods=self.plan.entries,
             snapshot=snapshot,
@@ -362,6 +372,9 @@ class ClusterAgent:
             driver=self.resolver.current_driver(),
             agent_version=__version__,
         )
+        status["conditions"] = plan_conditions(status, self.conditions, rfc3339(self.wall()))
+        self.conditions = status["conditions"]
+        return status
 
     def _maybe_write_status(self, snapshot: Mapping[str, Any]) -> None:
         if self.write_status is None or not self.plan_exists:
@@ -484,6 +497,11 @@ def run(args: argparse.Namespace) -> int:
         schedule=StatusSchedule(args.status_interval, args.heartbeat_interval),
     )
     server = metrics.serve(args.metrics_port, args.metrics_address)
+    lease = None
+    if getattr(args, "lease_namespace", None):
+        lease = LeaseKeeper(client.CoordinationV1Api(api_client), args.lease_namespace, node,
+                            os.environ.get("POD_NAME") or socket.gethostname(),
+                            on_result=lambda r: metrics.lease_renewals.labels(result=r).inc())
     plans: queue.Queue[dict[str, Any] | None] = queue.Queue()
     watcher = PlanWatcher(custom, node, plans.put)
     stop = {"signal": 0}
@@ -505,6 +523,8 @@ def run(args: argparse.Namespace) -> int:
     agent.start()
     loop["plan_known"] = agent.plan_exists   # a saved plan is enforced before the API answers
     watcher.start()
+    if lease is not None:
+        lease.start()
     next_tick = time.monotonic()
     try:
         while not stop["signal"]:
@@ -527,6 +547,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         event(log, "agent_stopping", signal=stop["signal"])
         watcher.stop()
+        if lease is not None:
+            lease.stop()
         agent.shutdown(restore=True)
         if server is not None:
             server.shutdown()

@@ -136,6 +136,55 @@ def build_status(
     return status
 
 
+def _condition(type_: str, ok: bool, reason: str, message: str, generation: int | None,
+               previous: Mapping[str, Mapping[str, Any]], now: str) -> dict[str, Any]:
+    """A metav1.Condition; lastTransitionTime kept while the status stays the same, so an
+    unchanged plan status stays byte-equal (and is not a reason to write)."""
+    status = "True" if ok else "False"
+    before = previous.get(type_) or {}
+    since = before.get("lastTransitionTime") if before.get("status") == status else None
+    cond: dict[str, Any] = {"type": type_, "status": status, "reason": reason,
+                            "message": message, "lastTransitionTime": since or now}
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    return cond
+
+
+def plan_conditions(status: Mapping[str, Any], previous: Any, now: str) -> list[dict[str, Any]]:
+    """The plan's conditions, from the status body build_status made:
+
+    * ``Ready``: every planned pod is applied (or reported, in dry-run); False with the
+      reasons of the pods that are not (``PodsNotApplied``), True ``NoPods`` for none.
+    * ``ReclaimAvailable``: the kernel has memory.reclaim (Linux 5.19+); False
+      ``NoMemoryReclaim`` where the agent can only set memory.high.
+
+    Whether the agent itself is alive is its Lease (nodeagent/lease.py), not a condition:
+    a dead agent cannot say so."""
+    prev = {c.get("type"): c for c in previous or () if isinstance(c, Mapping)}
+    gen = status.get("observedGeneration")
+    pods = status.get("pods") or []
+    waiting = [p for p in pods if not p.get("applied")]
+    if not pods:
+        ready = (True, "NoPods", "no pod in the plan")
+    elif not waiting:
+        ready = (True, "Applied", f"{len(pods)}/{len(pods)} pods applied")
+    else:
+        reasons: dict[str, int] = {}
+        for p in waiting:
+            reasons[str(p.get("reason") or "Pending")] = \
+                reasons.get(str(p.get("reason") or "Pending"), 0) + 1
+        why = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
+        ready = (False, "PodsNotApplied",
+                 f"{len(pods) - len(waiting)}/{len(pods)} pods applied; not applied: {why}")
+    caps = status.get("capabilities") or {}
+    reclaim = caps.get("memoryReclaim")
+    available = (True, "MemoryReclaim", "memory.reclaim is available") if reclaim else \
+        (False, "NoMemoryReclaim", "the kernel has no memory.reclaim (Linux 5.19+): "
+         "memory.high is set, nothing is reclaimed in the background")
+    return [_condition("Ready", *ready, gen, prev, now),
+            _condition("ReclaimAvailable", *available, gen, prev, now)]
+
+
 def significant_part(status: Mapping[str, Any]) -> dict[str, Any]:
     """The status without heartbeat and continuously moving counters."""
     out = {k: v for k, v in status.items()
