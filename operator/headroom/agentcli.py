@@ -58,6 +58,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         type=non_negative, metavar="SECONDS",
         help="cluster mode: seconds between status writes when nothing but counters changed, "
              "less up to 20% jitter")
+    add(p, "--pod-name", env="POD_NAME", default=None, metavar="NAME",
+        help="cluster mode: this agent's pod name, the holder of its Lease (from the "
+             "downward API); unset: the host name")
     add(p, "--lease-namespace", env="HEADROOM_LEASE_NAMESPACE", default=None,
         metavar="NAMESPACE",
         help="cluster mode: namespace of this agent's Lease (headroom-agent-<node>, renewed "

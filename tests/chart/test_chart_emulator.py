@@ -41,6 +41,8 @@ CHART_KINDS = [
     ("", "services", "Service", True, ("svc",)),
     ("rbac.authorization.k8s.io", "clusterroles", "ClusterRole", False, ()),
     ("rbac.authorization.k8s.io", "clusterrolebindings", "ClusterRoleBinding", False, ()),
+    ("rbac.authorization.k8s.io", "roles", "Role", True, ()),
+    ("rbac.authorization.k8s.io", "rolebindings", "RoleBinding", True, ()),
     ("admissionregistration.k8s.io", "validatingadmissionpolicies",
      "ValidatingAdmissionPolicy", False, ()),
     ("admissionregistration.k8s.io", "validatingadmissionpolicybindings",

@@ -124,7 +124,7 @@ def test_no_wildcards_secrets_or_workload_writes(helm: Path) -> None:
 def test_bindings_name_the_chart_service_accounts(helm: Path) -> None:
     docs = render(helm, release="x", namespace="ns1")
     accounts = {sa["metadata"]["name"] for sa in by_kind(docs, "ServiceAccount")}
-    for binding in by_kind(docs, "ClusterRoleBinding"):
+    for binding in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding"):
         (subject,) = binding["subjects"]
         assert subject["namespace"] == "ns1"
         assert subject["name"] in accounts

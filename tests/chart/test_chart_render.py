@@ -35,7 +35,8 @@ def test_defaults_render_every_component(helm: Path) -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted([
         "ServiceAccount", "ServiceAccount", "ClusterRole", "ClusterRole",
-        "ClusterRoleBinding", "ClusterRoleBinding", "Deployment", "DaemonSet", "Service",
+        "ClusterRoleBinding", "ClusterRoleBinding", "Role", "Role", "RoleBinding", "RoleBinding",
+        "Deployment", "DaemonSet", "Service",
         "Service", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "Pod",
     ])
     for d in docs:

@@ -97,7 +97,7 @@ def plans_with_status() -> dict[str, dict[str, Any]]:
 
 
 def test_reclaimed_bytes_per_policy_is_a_metric() -> None:
-    got = reclaimed_by_policy(plans_with_status())
+    got = reclaimed_by_policy(plans_with_status().values())
     assert sorted(got.values()) == [100, 4096 + 8192]
     metrics = OperatorMetrics()
     caches = {"plans": plans_with_status()}

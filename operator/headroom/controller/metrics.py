@@ -75,8 +75,8 @@ class _CacheCollector(Collector):
             "pods a policy currently has in plans, by policy.",
             labels=["kind", "namespace", "policy"])
         plans = informers.caches.get("plans") if informers is not None else None
-        if plans:
-            for key, total in sorted(status_mod.reclaimed_by_policy(dict(plans)).items()):
+        if plans is not None:
+            for key, total in sorted(status_mod.reclaimed_by_policy(plans.values()).items()):
                 ref = json.loads(key)
                 if isinstance(ref, dict):
                     family.add_metric([str(ref.get("kind", "")), str(ref.get("namespace", "")),

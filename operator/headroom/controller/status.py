@@ -11,7 +11,7 @@ unchanged policy produces a byte-equal status and the operator writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from headroom.controller.plans import canonical
@@ -149,11 +149,11 @@ def newly_invalid(report: PolicyReport, previous: Mapping[str, Any] | None) -> b
         or prev.get("observedGeneration") != report.generation
 
 
-def reclaimed_by_policy(plans: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+def reclaimed_by_policy(plans: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """canonical(policy ref) -> bytes the agents report reclaimed from its pods, summed
     over the NodeReclaimPlan objects (spec says whose pod, status how much)."""
     out: dict[str, int] = {}
-    for plan in plans.values():
+    for plan in plans:
         owners = {e.get("uid"): canonical(e.get("policy"))
                   for e in (plan.get("spec") or {}).get("pods") or () if isinstance(e, Mapping)}
         for entry in (plan.get("status") or {}).get("pods") or ():

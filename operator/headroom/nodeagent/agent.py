@@ -500,7 +500,7 @@ def run(args: argparse.Namespace) -> int:
     lease = None
     if getattr(args, "lease_namespace", None):
         lease = LeaseKeeper(client.CoordinationV1Api(api_client), args.lease_namespace, node,
-                            os.environ.get("POD_NAME") or socket.gethostname(),
+                            getattr(args, "pod_name", None) or socket.gethostname(),
                             on_result=lambda r: metrics.lease_renewals.labels(result=r).inc())
     plans: queue.Queue[dict[str, Any] | None] = queue.Queue()
     watcher = PlanWatcher(custom, node, plans.put)
