@@ -60,15 +60,17 @@ def metrics() -> tuple[AgentMetrics, FakeEngine]:
 def test_per_pod_series_with_namespace_pod_and_target_labels() -> None:
     m, _ = metrics()
     got = samples(m.text())
-    pod = frozenset({"namespace": "shop", "pod": "web-0", "target": UID}.items())
+    pod = frozenset({"namespace": "shop", "pod": "web-0", "uid": UID}.items())
     assert got[("headroom_reclaimed_bytes_total", pod)] == float(1 << 30)
     assert got[("headroom_reclaim_cpu_seconds_total", pod)] == 0.25
-    assert got[("headroom_reclaim_writes_total", pod)] == 64
-    assert got[("headroom_reclaim_eagain_total", pod)] == 3
+    assert got[("headroom_reclaim_writes_total", pod | {("result", "ok")})] == 61
+    assert got[("headroom_reclaim_writes_total", pod | {("result", "eagain")})] == 3
+    assert got[("headroom_reclaim_writes_total", pod | {("result", "error")})] == 0
+    assert not any(name == "headroom_reclaim_eagain_total" for name, _ in got)
     assert got[("headroom_memory_high_bytes", pod)] == float(256 << 20)
     assert got[("headroom_memory_usage_bytes", pod)] == float(200 << 20)
     assert got[("headroom_memory_high_events_total", pod)] == 2
-    assert got[("headroom_memory_pressure_stall_seconds_total", pod)] == 0.5
+    assert got[("headroom_memory_pressure_waiting_seconds_total", pod)] == 0.5
     assert got[("headroom_engine_lateness_seconds", pod)] == 0.004
     assert got[("headroom_memory_high_drift_corrections_total", pod)] == 5
     assert got[("headroom_target_applied", pod | {("reason", "Applied")})] == 1
@@ -77,7 +79,7 @@ def test_per_pod_series_with_namespace_pod_and_target_labels() -> None:
 def test_standalone_targets_have_empty_pod_labels_and_no_memory_high_when_unset() -> None:
     m, _ = metrics()
     got = samples(m.text())
-    other = frozenset({"namespace": "", "pod": "", "target": "system.slice/batch"}.items())
+    other = frozenset({"namespace": "", "pod": "", "uid": "system.slice/batch"}.items())
     assert got[("headroom_target_applied", other | {("reason", "Error")})] == 0
     assert ("headroom_memory_high_bytes", other) not in got
     assert got[("headroom_memory_usage_bytes", other)] == float(200 << 20)
@@ -132,3 +134,19 @@ def test_http_endpoint_on_loopback() -> None:
 
 def test_port_zero_disables_the_endpoint() -> None:
     assert AgentMetrics().serve(0) is None
+
+
+def test_check_lateness_is_a_histogram_over_all_checks() -> None:
+    from headroom.engine.targets import LatenessHistogram
+    m, engine = metrics()
+    engine.lateness_histogram = LatenessHistogram()
+    for late in (0.0, 0.003, 0.02, 0.02, 3.0, 60.0):
+        engine.lateness_histogram.observe(late)
+    got = samples(m.text())
+    bucket = "headroom_engine_check_lateness_seconds_bucket"
+    assert got[(bucket, frozenset({("le", "0.005")}))] == 2
+    assert got[(bucket, frozenset({("le", "0.025")}))] == 4
+    assert got[(bucket, frozenset({("le", "5.0")}))] == 5
+    assert got[(bucket, frozenset({("le", "+Inf")}))] == 6
+    assert got[("headroom_engine_check_lateness_seconds_count", frozenset())] == 6
+    assert abs(got[("headroom_engine_check_lateness_seconds_sum", frozenset())] - 63.043) < 1e-9

@@ -43,7 +43,14 @@ from headroom.engine.memoryhigh import MemoryHighOwner
 from headroom.engine.originals import OriginalsJournal
 from headroom.engine.scheduler import DueQueue
 from headroom.engine.state import CgroupState
-from headroom.engine.targets import ERROR, NOT_FOUND, ReclaimSettings, Target, TargetStats
+from headroom.engine.targets import (
+    ERROR,
+    NOT_FOUND,
+    LatenessHistogram,
+    ReclaimSettings,
+    Target,
+    TargetStats,
+)
 from headroom.engine.wakeups import Wakeups, close_all
 from headroom.logs import event
 
@@ -136,6 +143,7 @@ class ReclaimEngine:
         self._released_saved = False
         self._generation = 0
         self._cpu_budget: float | None = None
+        self.lateness_histogram = LatenessHistogram()   # every check, for /metrics
         self._cpu_bucket = d.Bucket(0.0, 0.0)
         self.set_cpu_budget(cpu_budget_cores)
         self._done: collections.deque[_Result] = collections.deque()
@@ -320,6 +328,7 @@ class ReclaimEngine:
         if st is None or st.cg is None or st.in_flight or st.failed:
             return None
         st.stats.lateness_seconds = max(0.0, now - due)
+        self.lateness_histogram.observe(st.stats.lateness_seconds)
         try:
             job = self._decide(st, now)
             if job is None:
@@ -452,6 +461,8 @@ class ReclaimEngine:
     def _reclaim_failed(self, st: CgroupState, r: _Result, now: float) -> None:
         job, stats = r.job, st.stats
         # EAGAIN: the kernel does not say how much it freed; memory.current tells.
+        if r.outcome == "error":
+            stats.reclaim_errors += 1
         if r.outcome == "eagain":
             stats.eagain_count += 1
             if r.usage_after is not None:

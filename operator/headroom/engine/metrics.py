@@ -3,8 +3,12 @@
 Per-target series come from the engine's snapshot at scrape time (a custom collector),
 so they need no bookkeeping and vanish when a target leaves. Every per-target series has
 the labels ``namespace``, ``pod`` (empty in standalone mode unless the config names them)
-and ``target`` (the engine key: the pod uid in cluster mode, the cgroup path relative to
-the root in standalone mode).
+and ``uid`` (the engine key: the pod UID in cluster mode, as kube-state-metrics and
+cAdvisor name it, so the series join; the cgroup path relative to the root in standalone
+mode). PSI "some" is ``..._waiting_seconds_total`` (cAdvisor's name for "some"; its
+"stalled" is "full"). memory.reclaim writes are one counter with a ``result`` label
+(``ok``, ``eagain``, ``error``), and check lateness is also a histogram over all checks
+(``headroom_engine_check_lateness_seconds``).
 
     metrics = AgentMetrics()
     metrics.watch_engine(engine, labels_of=lambda key: targets[key].labels)
@@ -21,12 +25,18 @@ from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from headroom import __version__
 
-TARGET_LABELS = ("namespace", "pod", "target")
+TARGET_LABELS = ("namespace", "pod", "uid")
+WRITE_RESULTS = ("ok", "eagain", "error")
 
 # `*_created` series double the series count for nothing a dashboard uses.
 prometheus_client.disable_created_metrics()
@@ -45,16 +55,14 @@ _PER_TARGET: tuple[tuple[str, str, str, bool], ...] = (
      "reclaimed_bytes", True),
     ("headroom_reclaim_cpu_seconds", "Agent CPU time spent reclaiming for the target.",
      "reclaim_cpu_seconds", True),
-    ("headroom_reclaim_writes", "Writes to the target's memory.reclaim.", "reclaim_writes", True),
-    ("headroom_reclaim_eagain", "memory.reclaim writes answered EAGAIN (partial success).",
-     "eagain_count", True),
     ("headroom_memory_high_bytes", "memory.high in effect on the target, bytes.",
      "memory_high", False),
     ("headroom_memory_usage_bytes", "memory.current of the target, bytes.", "usage_bytes", False),
     ("headroom_memory_high_events", "memory.events high count since the agent took the "
      "target over: times it went over memory.high.", "high_events", True),
-    ("headroom_memory_pressure_stall_seconds", "Memory PSI 'some' stall time of the target "
-     "since the agent took it over.", "psi_some_seconds", True),
+    ("headroom_memory_pressure_waiting_seconds", "Memory PSI 'some' time of the target since "
+     "the agent took it over: time some of its tasks waited on memory (cAdvisor's "
+     "container_pressure_memory_waiting_seconds_total).", "psi_some_seconds", True),
     ("headroom_working_set_bytes", "Pressure mode's working-set estimate of the target: its "
      "lowest usage over the last minute of probing at the pressure target, bytes.",
      "working_set_bytes", False),
@@ -89,6 +97,21 @@ class _TargetCollector(Collector):
                 if value is not None:
                     family.add_metric(_label_values(s), float(value))
             yield family
+        writes = CounterMetricFamily(
+            "headroom_reclaim_writes", "Writes to the target's memory.reclaim, by result: ok, "
+            "eagain (the kernel reclaimed less than asked: partial success, the agent backs "
+            "off), error.", labels=(*TARGET_LABELS, "result"))
+        for s in samples:
+            total = int(getattr(s.stats, "reclaim_writes", 0) or 0)
+            eagain = int(getattr(s.stats, "eagain_count", 0) or 0)
+            errors = int(getattr(s.stats, "reclaim_errors", 0) or 0)
+            for result, n in (("ok", max(0, total - eagain - errors)), ("eagain", eagain),
+                              ("error", errors)):
+                writes.add_metric([*_label_values(s), result], float(n))
+        yield writes
+        lateness = self.owner.lateness()
+        if lateness is not None:
+            yield lateness
         applied = GaugeMetricFamily(
             "headroom_target_applied", "1 when the target's settings are applied, else 0.",
             labels=(*TARGET_LABELS, "reason"))
@@ -113,6 +136,7 @@ class AgentMetrics:
         self.registry = registry or CollectorRegistry()
         self._samples: Callable[[], Iterable[TargetSample]] = list
         self._capabilities: Callable[[], Any] = lambda: None
+        self._lateness: Callable[[], Any] = lambda: None
         self.registry.register(_TargetCollector(self))
         # the process' CPU, memory and file descriptors (process_*), and which version runs
         ProcessCollector(registry=self.registry)
@@ -141,6 +165,17 @@ class AgentMetrics:
     def capabilities(self) -> Any:
         return self._capabilities()
 
+    def lateness(self) -> Metric | None:
+        """The engine's check-lateness histogram as a metric family, if it keeps one."""
+        hist = self._lateness()
+        if hist is None:
+            return None
+        family = HistogramMetricFamily(
+            "headroom_engine_check_lateness_seconds", "How late each scheduled check of a "
+            "target ran against its schedule, over all targets.")
+        family.add_metric([], hist.cumulative(), hist.total)
+        return family
+
     def watch(self, samples: Callable[[], Iterable[TargetSample]],
               capabilities: Callable[[], Any] | None = None) -> None:
         """Where per-target samples come from at each scrape."""
@@ -154,6 +189,7 @@ class AgentMetrics:
             return [TargetSample(key, labels_of(key), stats)
                     for key, stats in sorted(engine.snapshot().items())]
         self.watch(samples, lambda: getattr(engine, "capabilities", None))
+        self._lateness = lambda: getattr(engine, "lateness_histogram", None)
 
     def text(self) -> str:
         return generate_latest(self.registry).decode()

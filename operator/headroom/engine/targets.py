@@ -78,6 +78,7 @@ class TargetStats:
     reclaim_cpu_seconds: float = 0.0
     reclaim_writes: int = 0
     eagain_count: int = 0
+    reclaim_errors: int = 0                  # memory.reclaim writes that failed otherwise
     high_events: int = 0                     # memory.events "high" delta since takeover
     psi_some_seconds: float = 0.0            # memory.pressure some total delta since takeover
     last_error: str | None = None
@@ -91,3 +92,31 @@ class TargetStats:
     working_set_bytes: int | None = None     # Pressure mode: lowest usage of the last
                                              # Tuning.working_set_window s of probing; None
                                              # before one window has passed (or other modes)
+
+
+class LatenessHistogram:
+    """How late scheduled checks ran, over all targets: cumulative bucket counts in the
+    Prometheus sense (upper bounds in seconds), updated by the engine thread, read at
+    scrape time (a torn read shows one check more or less, never a wrong shape)."""
+
+    BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BOUNDS) + 1)   # the last: above every bound
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        for i, bound in enumerate(self.BOUNDS):
+            if seconds <= bound:
+                self.counts[i] += 1
+                break
+        else:
+            self.counts[-1] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, n in zip((*map(str, self.BOUNDS), "+Inf"), self.counts, strict=True):
+            running += n
+            out.append((bound, float(running)))
+        return out
