@@ -43,10 +43,10 @@ def test_agent_lease_is_created_renewed_and_expired_leases_are_reported(
     registry.register(AgentLeaseCollector(list_leases_with(api, NS),
                                           wall=lambda: clock["now"] + 5))
     text = generate_latest(registry).decode()
-    assert 'headroom_agent_leases{state="live"} 1.0' in text
-    assert 'headroom_agent_leases{state="expired"} 1.0' in text
-    assert 'headroom_agent_lease_expired{node="node-2"} 1.0' in text
-    assert "headroom_agent_leases_listed 1.0" in text
+    assert 'headroom_operator_agent_leases{state="live"} 1.0' in text
+    assert 'headroom_operator_agent_leases{state="expired"} 1.0' in text
+    assert 'headroom_operator_agent_lease_expired{node="node-2"} 1.0' in text
+    assert "headroom_operator_agent_leases_listed 1.0" in text
 
 
 def test_lease_renewal_failure_is_counted_not_raised(cluster: Cluster) -> None:
@@ -57,5 +57,5 @@ def test_lease_renewal_failure_is_counted_not_raised(cluster: Cluster) -> None:
     ok = keeper.renew()
     registry = CollectorRegistry()
     registry.register(AgentLeaseCollector(lambda: (_ for _ in ()).throw(OSError("down"))))
-    assert "headroom_agent_leases_listed 0.0" in generate_latest(registry).decode()
+    assert "headroom_operator_agent_leases_listed 0.0" in generate_latest(registry).decode()
     assert ok is (results == ["ok"])      # the emulator may or may not check namespaces

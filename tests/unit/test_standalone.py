@@ -200,7 +200,7 @@ def scrape(port: int) -> dict[tuple[str, str], float]:
             text = r.read().decode()
     except OSError:
         return {}
-    return {(s.name, s.labels.get("target", "")): s.value
+    return {(s.name, s.labels.get("uid", "")): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 

@@ -103,10 +103,11 @@ def test_reclaimed_bytes_per_policy_is_a_metric() -> None:
     caches = {"plans": plans_with_status()}
     metrics.watch(SimpleNamespace(informers=SimpleNamespace(caches=caches, informers=[])))
     text = metrics.text()
-    assert ('headroom_policy_reclaimed_bytes{kind="MemoryReclaimPolicy",namespace="default",'
-            'policy="web"} 12288.0') in text
-    assert ('headroom_policy_reclaimed_bytes{kind="ClusterMemoryReclaimPolicy",namespace="",'
-            'policy="all"} 100.0') in text
+    name = "headroom_operator_policy_reclaimed_bytes"
+    assert (name + '{kind="MemoryReclaimPolicy",namespace="default",policy="web"} 12288.0'
+            ) in text
+    assert (name + '{kind="ClusterMemoryReclaimPolicy",namespace="",policy="all"} 100.0'
+            ) in text
 
 
 def pod(applied: bool, reason: str) -> dict[str, Any]:

@@ -89,8 +89,8 @@ def test_status_and_metric_carry_the_estimate():
     m.watch(lambda: [TargetSample(k, {"namespace": "ns"}, s) for k, s in snap.items()])
     series = {ln.split("{")[1].split("}")[0]: float(ln.rsplit(" ", 1)[1])
               for ln in m.text().splitlines() if ln.startswith("headroom_working_set_bytes{")}
-    assert series == {'namespace="ns",pod="",target="u1"': 100 * MiB,
-                      'namespace="ns",pod="",target="u2"': 37 * MiB}
+    assert series == {'namespace="ns",pod="",uid="u1"': 100 * MiB,
+                      'namespace="ns",pod="",uid="u2"': 37 * MiB}
 
 
 def test_binary_quantity():

@@ -4,11 +4,11 @@ At each scrape of the operator's /metrics, one LIST of the Leases labelled
 ``app.kubernetes.io/component=agent`` in the agents' namespace (``--agent-namespace``,
 the chart sets the release namespace) gives
 
-* ``headroom_agent_leases{state="live"|"expired"}``: how many agents renewed their
+* ``headroom_operator_agent_leases{state="live"|"expired"}``: how many agents renewed their
   Lease within its duration (40 s) and how many did not;
-* ``headroom_agent_lease_expired{node}``: 1 per node whose agent's Lease expired (only
+* ``headroom_operator_agent_lease_expired{node}``: 1 per node whose agent's Lease expired (only
   those: the series count is the number of dead agents, not of nodes);
-* ``headroom_agent_leases_listed``: 1 when the LIST answered, 0 when it failed (then the
+* ``headroom_operator_agent_leases_listed``: 1 when the LIST answered, 0 when it failed (then the
   two above are absent rather than wrong).
 
 A scrape costs one LIST in one namespace (a few hundred bytes per node); nothing is
@@ -62,7 +62,7 @@ class AgentLeaseCollector(Collector):
         self.wall = wall
 
     def collect(self) -> Iterator[Metric]:
-        listed = GaugeMetricFamily("headroom_agent_leases_listed",
+        listed = GaugeMetricFamily("headroom_operator_agent_leases_listed",
                                    "1 when the agents' Leases could be listed, else 0.")
         try:
             leases = self.list_leases()
@@ -73,13 +73,13 @@ class AgentLeaseCollector(Collector):
         listed.add_metric([], 1.0)
         yield listed
         live, dead = lease_states(leases, self.wall())
-        states = GaugeMetricFamily("headroom_agent_leases",
+        states = GaugeMetricFamily("headroom_operator_agent_leases",
                                    "Agents by Lease state: live (renewed within its "
                                    "duration) or expired.", labels=["state"])
         states.add_metric(["live"], float(live))
         states.add_metric(["expired"], float(len(dead)))
         yield states
-        gone = GaugeMetricFamily("headroom_agent_lease_expired",
+        gone = GaugeMetricFamily("headroom_operator_agent_lease_expired",
                                  "1 for each node whose agent's Lease expired.",
                                  labels=["node"])
         for node in dead:

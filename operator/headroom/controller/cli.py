@@ -35,8 +35,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add(p, "--agent-namespace", env="HEADROOM_AGENT_NAMESPACE", default=None,
         metavar="NAMESPACE",
         help="namespace of the agents' Leases, reported on /metrics as "
-             "headroom_agent_leases{state}; unset: not reported (the chart sets the release "
-             "namespace)")
+             "headroom_operator_agent_leases{state}; unset: not reported (the chart sets "
+             "the release namespace)")
     add(p, "--liveness", env="HEADROOM_LIVENESS_ENDPOINT", default="", metavar="URL",
         help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz; empty: none")
     add_logging_flags(p)

@@ -8,7 +8,7 @@
 Series: `headroom_operator_round_duration_seconds` (histogram),
 `headroom_operator_rounds_total{result}`, `headroom_operator_writes_total{kind,result}`,
 `headroom_operator_cache_objects{kind}`, `headroom_operator_caches_synced`,
-`headroom_policy_reclaimed_bytes{kind,namespace,policy}`,
+`headroom_operator_policy_reclaimed_bytes{kind,namespace,policy}`,
 `headroom_operator_last_round_timestamp_seconds`, `headroom_build_info`, and the
 process collector's `process_*`. No `*_created` series (prometheus_client's are turned
 off process-wide).
@@ -71,8 +71,8 @@ class _CacheCollector(Collector):
         counter the policy status no longer carries (it would rewrite every policy's
         status each time it moves). A gauge: pods that leave take their bytes along."""
         family = GaugeMetricFamily(
-            "headroom_policy_reclaimed_bytes", "Bytes the agents report reclaimed from the "
-            "pods a policy currently has in plans, by policy.",
+            "headroom_operator_policy_reclaimed_bytes", "Bytes the agents report reclaimed "
+            "from the pods a policy currently has in plans, by policy.",
             labels=["kind", "namespace", "policy"])
         plans = informers.caches.get("plans") if informers is not None else None
         if plans is not None:

@@ -4,7 +4,7 @@ A pod counts as enforced when the agent on its node reports it `applied` with th
 memory.high the plan asks for (a status written for an older plan does not count).
 The status is bounded: at most MAX_NODES_LISTED nodes and MAX_SKIPPED_LISTED skipped
 pods, and no counters (bytes reclaimed per policy is the operator's metric
-headroom_policy_reclaimed_bytes, see ``reclaimed_by_policy``).
+headroom_operator_policy_reclaimed_bytes, see ``reclaimed_by_policy``).
 Conditions keep their lastTransitionTime while their status stays the same, so an
 unchanged policy produces a byte-equal status and the operator writes nothing.
 """

@@ -177,19 +177,23 @@ class AgentMetrics:
         return family
 
     def watch(self, samples: Callable[[], Iterable[TargetSample]],
-              capabilities: Callable[[], Any] | None = None) -> None:
-        """Where per-target samples come from at each scrape."""
+              capabilities: Callable[[], Any] | None = None,
+              lateness: Callable[[], Any] | None = None) -> None:
+        """Where per-target samples (and the capabilities and the lateness histogram)
+        come from at each scrape."""
         self._samples = samples
         if capabilities is not None:
             self._capabilities = capabilities
+        if lateness is not None:
+            self._lateness = lateness
 
     def watch_engine(self, engine: Any, labels_of: Callable[[str], Mapping[str, str]]) -> None:
         """The common case: samples from engine.snapshot(), labels per engine key."""
         def samples() -> list[TargetSample]:
             return [TargetSample(key, labels_of(key), stats)
                     for key, stats in sorted(engine.snapshot().items())]
-        self.watch(samples, lambda: getattr(engine, "capabilities", None))
-        self._lateness = lambda: getattr(engine, "lateness_histogram", None)
+        self.watch(samples, lambda: getattr(engine, "capabilities", None),
+                   lambda: getattr(engine, "lateness_histogram", None))
 
     def text(self) -> str:
         return generate_latest(self.registry).decode()
