@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import pathlib
 import shutil
 import subprocess
@@ -17,7 +16,9 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+sys.path.insert(1, str(pathlib.Path(__file__).parents[1] / "controlplane"))
 
+from build import enabled as controlplane_enabled
 from emulator import EmulatorThread
 from kube_store import Store
 
@@ -25,8 +26,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
 VENV_BIN = pathlib.Path(sys.executable).parent
 # the servers a backend-parametrized test runs against: the emulator always, the real
-# control plane (tests/controlplane) when HEADROOM_CONTROLPLANE=1
-BACKENDS = ["emulator", *(["real"] if os.environ.get("HEADROOM_CONTROLPLANE") == "1" else [])]
+# control plane (tests/controlplane) unless HEADROOM_CONTROLPLANE=0
+BACKENDS: list[Any] = ["emulator", *([pytest.param("real", marks=pytest.mark.controlplane)]
+                                      if controlplane_enabled() else [])]
 
 
 def backend(request: pytest.FixtureRequest) -> Any:

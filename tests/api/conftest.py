@@ -4,7 +4,7 @@ test), and the operator (thread or process) on whichever `cluster` a module uses
 
 Modules whose tests hold on both servers (test_operator.py, test_e2e_operator_agent.py)
 override `cluster` with one parametrized over api_helpers.BACKENDS: the emulator always,
-the real control plane too when HEADROOM_CONTROLPLANE=1 (tests/conftest.py).
+the real control plane too unless HEADROOM_CONTROLPLANE=0 (tests/conftest.py).
 """
 
 from __future__ import annotations

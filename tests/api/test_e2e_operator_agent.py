@@ -1,5 +1,5 @@
-"""End to end, every part its own process: the API server (the emulator, and with
-HEADROOM_CONTROLPLANE=1 also the real kube-apiserver on etcd, tests/controlplane),
+"""End to end, every part its own process: the API server (the emulator and,
+unless HEADROOM_CONTROLPLANE=0, also the real kube-apiserver on etcd, tests/controlplane),
 `headroom operator` and `headroom agent` (cluster mode, on a fake cgroupfs kubepods
 tree), driven with kubectl as a user would.
 

@@ -1,5 +1,5 @@
 """The real operator (kopf) driven with kubectl as a user would, against the emulator and,
-with HEADROOM_CONTROLPLANE=1, the real control plane (tests/controlplane): there the
+unless HEADROOM_CONTROLPLANE=0, the real control plane (tests/controlplane): there the
 CRDs' schemas and CEL rules, watches, 410 after etcd compaction, the garbage collector
 and the write counts (the API server's own request metrics) are the real server's."""
 
