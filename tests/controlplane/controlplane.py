@@ -221,6 +221,10 @@ class ControlPlane:
         self._spawn("kube-scheduler", [
             # with --leader-elect=false, 1.37's scheduler returns at once ("finished
             # without leader elect"); a lease in kube-system costs nothing here
+            # without a lease renewed for an hour, an API server restarted by a test (410,
+            # outage) outlives the 10 s renew deadline and the scheduler exits
+            "--leader-elect-lease-duration", "3600s", "--leader-elect-renew-deadline",
+            "3000s", "--leader-elect-retry-period", "2s",
             "--kubeconfig", str(sched_config), "--secure-port", "0", "--v", "1"])
         # the controller-manager works: it has given the default namespace its ServiceAccount
         wait_until(lambda: self._alive("kube-controller-manager") and self._alive(
@@ -324,6 +328,29 @@ class ControlPlane:
         wait_until(lambda: self.admin.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
                    30, f"the default ServiceAccount of {name}")
         return name
+
+    def remove_crds(self, crds: Path) -> None:
+        """Delete the CRDs of `crds`/*.yaml (and so every object of theirs), wait until
+        they are gone: for a test that installs them another way (helm)."""
+        base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+        names = [doc["metadata"]["name"] for f in sorted(crds.glob("*.yaml"))
+                 for doc in yaml.safe_load_all(f.read_text()) if doc]
+        for name in names:
+            try:
+                self.admin.delete(base + name)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+
+        def gone(name: str) -> bool:
+            try:
+                self.admin.get(base + name)
+            except ApiError as exc:
+                if exc.status == 404:
+                    return True
+                raise
+            return False
+        wait_until(lambda: all(gone(n) for n in names), 120, "the CRDs deleted")
 
     def install_crds(self, crds: Path) -> None:
         """Create (or keep) the CRDs in `crds`/*.yaml and wait until each is served."""

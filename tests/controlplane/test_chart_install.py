@@ -82,6 +82,9 @@ def installed(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFact
         "chart-procs")))
     for node in NODES:
         cp.nodes.add(node)
+    # the chart installs its CRDs itself (server-side apply): none made by earlier tests
+    # of the session (the API tier creates them plainly) may own their fields
+    cp.remove_crds(ROOT / "crds")
     helm = ensure_helm()
     proc = subprocess.run([str(helm), "install", RELEASE, str(ROOT / "charts" / "headroom"),
                            "--namespace", NAMESPACE, "--create-namespace", "--wait",
