@@ -122,7 +122,7 @@ class Cluster:
 PLURALS = {"Node": "nodes", "Pod": "pods", "Namespace": "namespaces",
            "MemoryReclaimPolicy": "memoryreclaimpolicies",
            "ClusterMemoryReclaimPolicy": "clustermemoryreclaimpolicies",
-           "NodeReclaimPlan": "nodereclaimplans"}
+           "NodeReclaimPlan": "nodereclaimplans", "Lease": "leases"}
 
 
 def node(name: str) -> dict[str, Any]:

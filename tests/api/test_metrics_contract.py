@@ -148,9 +148,17 @@ def operator_series(cluster: Cluster) -> Iterator[Series]:
     stop, ready = threading.Event(), threading.Event()
     servers: list[Any] = []
     options = OperatorOptions(kubeconfig=str(cluster.kubeconfig), debounce=0.1, max_delay=1.0)
+    # an agent whose Lease expired long ago, so that the liveness series are exported
+    cluster.create({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "headroom-agent-node-9", "namespace": "default",
+                                 "labels": {"app.kubernetes.io/name": "headroom",
+                                            "app.kubernetes.io/component": "agent",
+                                            "headroom.dev/node": "node-9"}},
+                    "spec": {"holderIdentity": "agent-9", "leaseDurationSeconds": 40,
+                             "renewTime": "2020-01-01T00:00:00.000000Z"}})
     thread = threading.Thread(target=lambda: asyncio.run(operate(
         options, stop_flag=stop, ready_flag=ready, metrics_port=-1,
-        http_address="127.0.0.1", servers=servers)), daemon=True)
+        http_address="127.0.0.1", servers=servers, agent_namespace="default")), daemon=True)
     thread.start()
     try:
         assert ready.wait(30)
@@ -211,6 +219,6 @@ def test_rules_render_as_yaml_with_alert_labels(tmp_path: Path) -> None:
     rules = rule["spec"]["groups"][0]["rules"]
     assert {r["alert"] for r in rules} >= {
         "HeadroomAgentDown", "HeadroomReclaimFallingBehind", "HeadroomLivelockReliefActive",
-        "HeadroomPlanWriteFailures"}
+        "HeadroomPlanWriteFailures", "HeadroomAgentLeaseExpired"}
     assert all(r["labels"]["team"] == "platform" for r in rules)
     assert yaml.safe_dump(rule)
