@@ -517,3 +517,47 @@ def test_saved_plan_that_fails_to_apply_is_set_aside_not_raised(
     h.agent.start()
     assert (state / "plan.json.corrupt").exists()
     assert h.agent.plan.pods == ()
+
+
+def test_sigterm_during_start_up_still_restores(fake_kernel: FakeKernel, cgroup_tree: FakeTree,
+                                                state: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The crash test's finding: a SIGTERM while `headroom agent` starts (before its main
+    loop; seconds of imports) met the default action, and the values of the run before
+    stayed. Now the handler is the first thing installed and the stop restores them."""
+    import os
+    import signal
+
+    from headroom.cli import main
+    from headroom.nodeagent import agent as agent_mod
+
+    make_kubepods(cgroup_tree, Driver.CGROUPFS)
+    make_pod(cgroup_tree, Driver.CGROUPFS, A, "Burstable", high=300 * MiB)
+    first = Harness(fake_kernel, state)
+    first.agent.set_plan(plan(pod(A)))               # then SIGKILLed: no shutdown
+    assert cgroup_tree.high(pod_rel(Driver.CGROUPFS, A, "Burstable")) == str(256 * MiB)
+    real = agent_mod.make_resolver
+
+    def resolver_then_sigterm(*args: Any) -> Any:    # the signal lands mid start-up
+        # (the default action would end this test process: check before sending)
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, previous)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(agent_mod, "make_resolver", resolver_then_sigterm)
+    monkeypatch.setenv("HEADROOM_ALLOW_FAKE_CGROUP_ROOT", "1")
+    kubeconfig = tmp_path / "kubeconfig"             # nothing listens there
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters: [{name: c, cluster: "
+        "{server: 'http://127.0.0.1:9'}}]\nusers: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\n")
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        rc = main(["agent", "--node-name", "node-1", "--cgroup-root", str(cgroup_tree.root),
+                   "--state-dir", str(state), "--metrics-port", "0", "--cgroup-driver",
+                   "cgroupfs", "--kubelet-cgroup-root", "/", "--kubeconfig", str(kubeconfig)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert rc == 0
+    assert cgroup_tree.high(pod_rel(Driver.CGROUPFS, A, "Burstable")) == str(300 * MiB)
+    assert saved_originals(state) == {}

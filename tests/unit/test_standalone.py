@@ -355,3 +355,38 @@ def test_restore_all_after_a_crash_puts_the_owners_values_back(tmp_path, cgroup_
     outcomes = sorted(json.loads(ln)["outcome"] for ln in done.stdout.splitlines())
     assert outcomes == ["not ours", "restored"]
     assert json.loads((state / "originals.json").read_text())["originals"] == {}
+
+
+def test_sigterm_during_start_up_still_restores(tmp_path, cgroup_tree, monkeypatch):
+    """A SIGTERM before the main loop (after the handler is set, the first thing run()
+    does) ends in the clean stop: one scan takes the cgroups over, then all is restored."""
+    from headroom.cli import main
+    from headroom.standalone import run as run_mod
+
+    cgroup_tree.add("app.slice/a.service", current=10 * MiB)
+    cgroup_tree.write("app.slice/a.service", "memory.high", f"{300 * MiB}\n")
+    p = tmp_path / "c.yaml"
+    p.write_text(GOOD)
+    proc = start_agent(p, cgroup_tree.root, "--metrics-port", "0", stderr=subprocess.DEVNULL)
+    try:   # an earlier run, SIGKILLed while holding 256Mi
+        assert wait_for(lambda: cgroup_tree.high("app.slice/a.service") == str(256 * MiB))
+    finally:
+        proc.kill()
+        proc.wait()
+    real_load = run_mod.load
+
+    def load_then_sigterm(path):
+        # (the default action would end this test process: check before sending)
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, previous)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_load(path)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(run_mod, "load", load_then_sigterm)
+    monkeypatch.setenv(ALLOW_FAKE_ENV, "1")
+    rc = main(["agent", "--standalone", "--config", str(p), "--cgroup-root",
+               str(cgroup_tree.root), "--state-dir", str(tmp_path / "state"),
+               "--metrics-port", "0"])
+    assert signal.getsignal(signal.SIGTERM) == previous   # handed back
+    assert rc == 0
+    assert cgroup_tree.high("app.slice/a.service") == str(300 * MiB)

@@ -461,6 +461,15 @@ def health_checks(engine: Any, loop: Mapping[str, Any],
 
 def run(args: argparse.Namespace) -> int:
     setup(args.log_level, fmt=getattr(args, "log_format", "json"))
+    # First of all: a SIGTERM during start-up (seconds: the client's imports) must still
+    # end in the clean stop that restores every memory.high, not in the default action.
+    stop = {"signal": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop["signal"] = signum   # only a flag: the loop notices within a second
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     # urllib3 logs each connection retry; the agent logs one event per failed call itself.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     node = args.node_name
@@ -504,17 +513,11 @@ def run(args: argparse.Namespace) -> int:
                             on_result=lambda r: metrics.lease_renewals.labels(result=r).inc())
     plans: queue.Queue[dict[str, Any] | None] = queue.Queue()
     watcher = PlanWatcher(custom, node, plans.put)
-    stop = {"signal": 0}
     loop = {"at": time.monotonic(), "plan_known": False}
     health_server = health.serve(getattr(args, "health_port", 0),
                                  getattr(args, "health_address", "0.0.0.0"),
                                  health_checks(engine, loop).routes())
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        stop["signal"] = signum   # only a flag: the loop notices within a second
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     event(log, "agent_starting", node=node, cgroup_root=str(root.path),
           cgroup_driver=args.cgroup_driver, kubelet_cgroup_root=args.kubelet_cgroup_root,
           state_dir=str(state_dir), dry_run=args.dry_run, version=__version__,

@@ -90,6 +90,24 @@ def summary(snap: Mapping[str, TargetStats]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     logs.setup(getattr(args, "log_level", "info"), fmt=getattr(args, "log_format", "json"))
+    # First of all: a SIGTERM during start-up must still end in the clean stop (the
+    # first scan takes the cgroups over, then everything is restored), not in the
+    # default action that leaves an earlier run's values behind.
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        event(log, "signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _run(args, stop)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _run(args: argparse.Namespace, stop: threading.Event) -> int:
     if not args.config:
         print("headroom agent --standalone: --config FILE is required", file=sys.stderr)
         return EXIT_USAGE
@@ -112,13 +130,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"headroom: {e}", file=sys.stderr)
         return EXIT_USAGE
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        event(log, "signal", signal=signal.Signals(signum).name)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     event(log, "standalone_start", config=str(cfg.path), cgroup_root=str(root.path),
           state_dir=state_dir,
           entries=len(cfg.entries), dry_run=args.dry_run, cpu_budget_cores=cfg.cpu_budget
@@ -133,10 +144,12 @@ def run(args: argparse.Namespace) -> int:
     engine.start()
     try:
         next_summary = time.monotonic() + cfg.summary_interval
-        while not stop.is_set():
+        while True:   # one scan even when stopped during start-up: it finds what to restore
             targets = scan(root, cfg, warned)
             labels.update((t.key, t.labels) for t in targets)
             engine.set_targets(targets)
+            if stop.is_set():
+                break
             if cfg.summary_interval and time.monotonic() >= next_summary:
                 event(log, "summary", **summary(engine.snapshot()),
                       capabilities=dataclasses.asdict(engine.capabilities))
@@ -145,7 +158,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         final = summary(engine.snapshot())
         engine.stop(restore=True)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
         event(log, "standalone_stop", **final)
     return 0
