@@ -96,6 +96,7 @@ class FakeKernel(CgroupRoot):
         self.swappiness_supported = True
         self.floor: dict[str, int] = {}  # rel -> unreclaimable bytes
         self.overshoot: dict[str, int] = {}  # rel -> bytes freed per write beyond those asked
+        self.inflow: dict[str, int] = {}     # rel -> bytes the workload charges during a write
         self.reclaim_calls: list[tuple[str, int, int | None]] = []
         self.watches: list[PipeWatch] = []
         self.lock = threading.Lock()
@@ -117,7 +118,8 @@ class FakeKernel(CgroupRoot):
             current = self.tree.current(rel)
             freed = max(0, min(nbytes + self.overshoot.get(rel, 0),
                                current - self.floor.get(rel, 0)))
-            self.tree.write(rel, "memory.current", f"{current - freed}\n")
+            self.tree.write(rel, "memory.current",
+                            f"{current - freed + self.inflow.get(rel, 0)}\n")
         if freed < nbytes:
             raise PartialReclaim(cg.file("memory.reclaim"), "write failed (EAGAIN)")
 

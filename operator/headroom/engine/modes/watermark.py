@@ -64,8 +64,8 @@ class Watermark(Mode):
 
     def reclaimed(self, st: CgroupState, usage_after: int, tuning: d.Tuning) -> None:
         if st.active and st.high.limit is not None:
-            _, target = self.levels(st, st.high.limit, tuning)
-            st.active = usage_after > target   # the episode is over once down at the target
+            start, target = self.levels(st, st.high.limit, tuning)
+            st.active = d.episode_continues(usage_after, start, target)
 
 
 WATERMARK = register(Watermark())
