@@ -101,8 +101,9 @@ def test_hot_set_beside_a_stream_stays_cached(scratch_dir: Path, high_mib: int,
                                               hot_mib: int) -> None:
     """One cgroup: a process re-reads a hot file (62% or 44% of memory.high) while another
     streams 5 x memory.high once. Kernel alone first, then the engine, same boot: the
-    stall bounds of (a), and no more file refaults than the kernel alone (1.25x plus
-    512 pages of slack): the engine's reclaim takes the stream, not the hot set."""
+    stall bounds of (a), no more file refaults than the kernel alone (1.25x plus 512
+    pages of slack), and as many hot passes per second: the engine's reclaim takes the
+    stream, not the hot set."""
     opts = pagecache_compare.Options(file=scratch_dir / "stream.dat", file_mib=5 * high_mib,
                                      passes=1, high_mib=high_mib, sample_ms=100,
                                      hot_mib=hot_mib, hot_file=scratch_dir / "hot.dat")
@@ -117,13 +118,16 @@ def test_hot_set_beside_a_stream_stays_cached(scratch_dir: Path, high_mib: int,
     assert kernel["hot_passes"] >= 1 and eng["hot_passes"] >= 1, summary
     bounds = {"high events": eng["high_events"] <= 0.01 * kernel["high_events"],
               "PSI some": eng["psi_some_us"] <= 0.05 * kernel["psi_some_us"],
-              "file refaults": eng["refault_file"] <= 1.25 * kernel["refault_file"] + 512}
+              "file refaults": eng["refault_file"] <= 1.25 * kernel["refault_file"] + 512,
+              "hot-set throughput": eng["hot_passes"] / eng["hot_window_s"]
+              >= kernel["hot_passes"] / kernel["hot_window_s"]}
     missed = [name for name, ok in bounds.items() if not ok]
     if missed:
-        # Known (issue 9, open). 6.12 with a 0.2 s reaction lead keeps the hot set (0
-        # refaults as alone, 27 passes against 19) but touched memory.high 138 times
-        # against 2,382 (5.8%) on a loaded host. 6.1's classic LRU still refaults the
-        # hot file (23,329 against 8,666) and touched memory.high 311 times (1,478).
+        # Known (issue 9, open), measured at host load ~15: 6.12 kept both hot sets
+        # (0 refaults as alone) and passed at 80 MiB (20 high events of 2,381, 0.97
+        # passes/s against 0.91), not at 56 (47 of 2,285). 6.1 passed at 56 MiB on
+        # counters but did 1.5 passes/s against 1.83; at 80 MiB its classic LRU still
+        # refaults the hot file (14,222 against 12; 172 high events of 1,426).
         pytest.xfail(f"{platform.release()}: {', '.join(missed)} over the bound\n{summary}")
     assert not missed, f"{', '.join(missed)} over the bound\n{summary}"
 
