@@ -66,8 +66,9 @@ def plan_actions(desired: Mapping[str, Mapping[str, Any]],
     for node, spec in desired.items():
         if node not in current:
             actions.append(PlanAction("create", node, spec))
-        elif current[node] != spec and canonical(current[node]) != canonical(spec):
-            # (dict equality first: most compared plans are equal, and cheaper to tell)
+        elif current[node] != spec:
+            # compared as JSON values (dict equality: key order does not count, and it
+            # costs a fraction of serialising both plans)
             actions.append(PlanAction("replace", node, spec))
     actions += [PlanAction("delete", node) for node in current if node not in desired]
     return actions

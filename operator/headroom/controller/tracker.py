@@ -264,9 +264,9 @@ class PlanTracker:
             lines = self._summaries.get(key, {})
             new = status_mod.status_from_nodes(report, [lines[n] for n in sorted(lines)],
                                                previous, now)
-            # dict equality first: the canonical JSON of a status with thousands of node
-            # lines is what a round would spend most of its time on
-            if new != previous and canonical(new) != canonical(previous or {}):
+            # compared as JSON values: the canonical JSON of a status with thousands of
+            # node lines is what a round would otherwise spend most of its time on
+            if new != previous:
                 statuses[ref] = new
             if status_mod.newly_invalid(report, previous):
                 events.append((obj, report.reason, report.message))
@@ -305,7 +305,7 @@ class PlanTracker:
         fresh: dict[str, tuple[Any, list[str]]] = {}
         bad: dict[str, str] = {}
         for entry in spec.get("pods") or ():
-            uid = entry.get("uid") if isinstance(entry, Mapping) else None
+            uid = entry.get("uid") if type(entry) is dict else None
             hit = memo.get(uid) if isinstance(uid, str) else None
             problems = hit[1] if hit is not None and hit[0] is entry \
                 else plan_contract.entry_problems(entry)
@@ -361,7 +361,8 @@ class PlanTracker:
         """canonical(entry["policy"]), memoized by the policy's items."""
         policy = entry.get("policy")
         try:
-            items = tuple(sorted(policy.items())) if isinstance(policy, dict) else None
+            # (items in their order: another order is another memo key, same value)
+            items = tuple(policy.items()) if type(policy) is dict else None
             key = self._entry_keys.get(items)
         except TypeError:            # unhashable values: not from us, not worth a memo
             return canonical(policy)
