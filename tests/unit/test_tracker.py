@@ -418,3 +418,28 @@ def test_an_invalid_policys_frozen_entries_follow_their_pods() -> None:
     world.settle()
     assert world.server.plans["n1"]["spec"]["pods"] == []
     _at_fixed_point(world, "invalid policy gone")
+
+
+def test_a_resync_starts_over_and_frees_the_old_state() -> None:
+    """A full round again (resync due): the same plans (no writes), and the old state,
+    frozen out of the collector after the first round, is collected (it has cycles)."""
+    import gc
+    import weakref
+
+    world = World()
+    _cluster(world, nodes=2, per_node=2)
+    world.event("policies", "ADDED", mk_policy("web-tie"))    # rivals of each other: a cycle
+    world.settle()
+    tracker = world.reconciler.tracker
+    assert tracker is not None and gc.get_freeze_count() > 0
+    old = weakref.ref(tracker.resolver._policies[PolicyRef("MemoryReclaimPolicy", "default",
+                                                           "web-tie")])
+    assert old().rivals  # type: ignore[union-attr]
+    before = len(world.server.writes)
+    world.reconciler._resync_at = 0.0
+    world.settle()
+    assert world.reconciler.full_rounds == 2
+    assert world.server.writes[before:] == []
+    del tracker
+    gc.collect()
+    assert old() is None

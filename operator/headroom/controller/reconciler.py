@@ -287,15 +287,18 @@ class Reconciler:
         assert tracker is not None and changes is not None
         feed = list(changes())        # drained before any snapshot: nothing is missed
         if not tracker.loaded or time.monotonic() >= self._resync_at:
+            if self._frozen:
+                # the old state has reference cycles (policies and their rivals): frozen
+                # objects are never collected, so let the collector see them again
+                gc.unfreeze()
             tracker.load(self.snapshot())
             self._resync_at = time.monotonic() + self.resync
             self.full_rounds += 1
-            if not self._frozen:
-                # the cold start's objects live as long as the caches: keep them out of
-                # the collector's full passes (which would walk every cached pod)
-                gc.collect()
-                gc.freeze()
-                self._frozen = True
+            # the loaded state lives as long as the caches: keep it out of the
+            # collector's full passes (which would otherwise walk every cached pod)
+            gc.collect()
+            gc.freeze()
+            self._frozen = True
         else:
             try:
                 tracker.apply(feed)
