@@ -42,6 +42,11 @@ def inner_pytest_argv(junit: Path) -> list[str]:
             *shlex.split(os.environ.get("HEADROOM_VM_PYTEST_ARGS", ""))]
 
 
+def guest_env() -> dict[str, str]:
+    """The guest tests' own knobs (HEADROOM_CRASH_KILLS, _SEED), passed on from here."""
+    return {k: v for k, v in os.environ.items() if k.startswith("HEADROOM_CRASH_")}
+
+
 @pytest.mark.parametrize("kernel", sorted(qemu_guest.KERNELS))
 def test_guest_session(kernel: str) -> None:
     if shutil.which("qemu-system-x86_64") is None:
@@ -54,7 +59,7 @@ def test_guest_session(kernel: str) -> None:
         junit = shared / "junit.xml"
         try:
             result = qemu_guest.run(kernel, inner_pytest_argv(junit), TIMEOUT,
-                                    {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
+                                    {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **guest_env()})
         except qemu_guest.GuestTimeout as e:
             pytest.fail(f"{e}\n--- stdout:\n{e.stdout[-20000:]}\n--- stderr:\n"
                         f"{e.stderr[-5000:]}", pytrace=False)

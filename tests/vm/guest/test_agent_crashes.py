@@ -28,8 +28,9 @@ process leaves: its state files and the cgroup files. A start that writes no log
 STALL_SECONDS gets its kernel and Python stacks printed (the hang seen before the fork
 server: the agent had been forked from the pytest process).
 
-HEADROOM_CRASH_KILLS sets the kills per mode and kernel (default 25: 50 per kernel, 100
-in a CI run over both kernels), HEADROOM_CRASH_SEED the random seed (printed).
+HEADROOM_CRASH_KILLS sets the kills per mode and kernel (default 10: 40 in a CI run over
+both kernels, which the 45-minute budget allows; 25 gives issue 13's 100 kills, about
+5-6 min per kernel), HEADROOM_CRASH_SEED the random seed (printed).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ pytestmark = pytest.mark.slow
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 CGROUP = guest_support.CGROUP_ROOT
 MI = 1 << 20
-KILLS = int(os.environ.get("HEADROOM_CRASH_KILLS", "25"))
+KILLS = int(os.environ.get("HEADROOM_CRASH_KILLS", "10"))
 SEED = int(os.environ.get("HEADROOM_CRASH_SEED", str(random.randrange(1 << 30))))
 CONVERGE_SECONDS = 120.0       # lowering waits up to 10 s for reclaim; TCG is slow
 FIRST_START_SECONDS = 600.0
