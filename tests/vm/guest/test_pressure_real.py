@@ -50,9 +50,10 @@ def test_pressure_mode_shrinks_to_the_hot_set_and_backs_off(zram_swap: int,
             # its pages (less than one hot set refaulted in the whole phase, while the
             # loop touched every hot page hundreds of times: 10 MiB measured on 6.1, 0
             # on 6.12)
-            # a feedback controller hovers around its set point: within 1.5x of it
-            # (measured on a quiet host: 0.114-0.122% on 6.12, 0.0% on 6.1, target 0.1%)
-            "stall near target": s["psi_settle_pct"] <= 1.5 * target,
+            # a feedback controller hovers around its set point: within 2x of it
+            # (measured on a quiet host: 0.114%, 0.122%, 0.149% on 6.12, 0.0% on 6.1,
+            # target 0.1%)
+            "stall near target": s["psi_settle_pct"] <= 2 * target,
             "hot set kept": s["refault_settle_mib"] <= opts.hot_mib,
             # the hot set grows into swapped-out memory: the engine backs off, usage
             # follows it
