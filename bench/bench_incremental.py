@@ -431,12 +431,15 @@ def report(rows: list[dict[str, Any]]) -> None:
               f"| {r['rss_peak'] / mib:.0f} |")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_sizes(doc: str | None, script: str, run_one: Any, report: Any, *, events: int,
+              full_runs: int) -> int:
+    """The shared command line of the size-sweep benchmarks: each --size pods:nodes runs
+    in a fresh interpreter (`script --one`, so sizes do not share a heap), then `report`."""
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     ap.add_argument("--size", action="append", help="pods:nodes (repeatable)")
     ap.add_argument("--policies", type=int, default=1000)
-    ap.add_argument("--events", type=int, default=1000)
-    ap.add_argument("--full-runs", type=int, default=3)
+    ap.add_argument("--events", type=int, default=events)
+    ap.add_argument("--full-runs", type=int, default=full_runs)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -447,16 +450,21 @@ def main() -> int:
         return 0
     rows = []
     for size in args.size or ["10000:500", "50000:2000", "150000:5000"]:
-        cmd = [sys.executable, __file__, "--one", size, "--policies", str(args.policies),
+        cmd = [sys.executable, script, "--one", size, "--policies", str(args.policies),
                "--events", str(args.events), "--full-runs", str(args.full_runs)]
         if args.profile:
             cmd.append("--profile")
+        t0 = time.monotonic()
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         sys.stderr.write(done.stderr)
         rows.append(json.loads(done.stdout))
-        print(f"done: {size}", file=sys.stderr)
+        print(f"done: {size} in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     report(rows)
     return 0
+
+
+def main() -> int:
+    return run_sizes(__doc__, __file__, run_one, report, events=1000, full_runs=3)
 
 
 if __name__ == "__main__":

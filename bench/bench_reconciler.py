@@ -27,15 +27,12 @@ process, for a full round (`resync=0`: decide() over the snapshot of all caches)
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import cProfile
 import gc
-import json
 import pstats
 import random
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
@@ -47,6 +44,7 @@ from bench_incremental import (
     pct,
     pod_events,
     rss,
+    run_sizes,
     shard_policy,
 )
 from headroom.controller import reconciler as reconciler_mod
@@ -296,32 +294,7 @@ def report(rows: list[dict[str, Any]]) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", action="append", help="pods:nodes (repeatable)")
-    ap.add_argument("--policies", type=int, default=1000)
-    ap.add_argument("--events", type=int, default=300)
-    ap.add_argument("--full-runs", type=int, default=2)
-    ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--one", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.one:
-        pods, nodes = map(int, args.one.split(":"))
-        print(json.dumps(run_one(pods, nodes, args.policies, args.events, args.full_runs,
-                                 args.profile)))
-        return 0
-    rows = []
-    for size in args.size or ["10000:500", "50000:2000", "150000:5000"]:
-        cmd = [sys.executable, __file__, "--one", size, "--policies", str(args.policies),
-               "--events", str(args.events), "--full-runs", str(args.full_runs)]
-        if args.profile:
-            cmd.append("--profile")
-        t0 = time.monotonic()
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        sys.stderr.write(done.stderr)
-        rows.append(json.loads(done.stdout))
-        print(f"done: {size} in {time.monotonic() - t0:.0f} s", file=sys.stderr)
-    report(rows)
-    return 0
+    return run_sizes(__doc__, __file__, run_one, report, events=300, full_runs=2)
 
 
 if __name__ == "__main__":
