@@ -183,8 +183,9 @@ def test_operator_and_agents_enforce_the_example(running: Installed) -> None:
         plan = wait_until(lambda n=node: (p := inst.cp.admin.get(f"{PLANS}/{n}")).get(
             "status", {}).get("appliedPods") == 1 and p, 60, f"agent status of {node}")
         assert plan["metadata"]["ownerReferences"][0]["kind"] == "Node"
-    table = wait_until(lambda: "2" in (out := inst.kubectl("get", "mrp", "-A")).split(
-        "\n")[1].split()[2:4] and out, 60, "policy status: 2 enforced")
+    # wait for both columns: MATCHED is written a round before ENFORCED is
+    table = wait_until(lambda: (out := inst.kubectl("get", "mrp", "-A")).split(
+        "\n")[1].split()[2:4] == ["2", "2"] and out, 60, "policy status: 2 matched, 2 enforced")
     header, row = table.splitlines()[:2]
     assert header.split()[:5] == ["NAMESPACE", "NAME", "MATCHED", "ENFORCED", "MODE"], header
     assert row.split()[:4] == [APPS, "web", "2", "2"], row
