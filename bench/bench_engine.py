@@ -24,9 +24,8 @@ kernel); prints Markdown tables. Not a test.
     recording CLOCK_MONOTONIC and memory.peak after each chunk. The engine runs over a
     CgroupRoot whose Cgroup.reclaim() records CLOCK_MONOTONIC just before each
     memory.reclaim write. Reported per trial: first write after the burst began; when
-    usage reached the static 95% watermark (if it did: the engine moves its watermark
-    down while a cgroup grows fast, so it usually writes before that) and the first
-    write after that crossing; memory.events `high` during the trial. `--trials`
+    usage reached the 95% watermark (if it did) and the first write after that
+    crossing; memory.events `high` during the trial. `--trials`
     cgroups per N, one trial each.
 
 Guest time under TCG is emulated and slow (CPU-bound work is roughly 10-50x slower than

@@ -63,6 +63,9 @@ class Options:
     cpu_budget_cores: float | None = 0.5
     hot_mib: int = 0      # > 0: a second process re-reads a hot file of this size meanwhile
     hot_file: Path = Path("/mnt/scratch/pagecache-hot.dat")
+    pin_hot: bool = False  # the hot reader alone on one CPU, all else on another: its
+                           # throughput then shows what memory does to it, not the CPU
+                           # the unthrottled stream and the engine take (docs/engine.md)
 
 
 @dataclass
@@ -178,9 +181,11 @@ def _cpu(who: int = resource.RUSAGE_SELF) -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_arm(name: str, opts: Options, root: Any, engine: Any = None) -> ArmResult:
+def run_arm(name: str, opts: Options, root: Any, engine: Any = None,
+            hot_cpu: int | None = None) -> ArmResult:
     """One run of the workload in a fresh cgroup at memory.high; with `engine` (a
-    started ReclaimEngine) managing that cgroup when given."""
+    started ReclaimEngine) managing that cgroup when given; the hot reader pinned to
+    `hot_cpu` when given."""
     from headroom.engine import ReclaimSettings, Target
 
     high = opts.high_mib * MiB
@@ -195,7 +200,7 @@ def run_arm(name: str, opts: Options, root: Any, engine: Any = None) -> ArmResul
     if cg.read_high() != high:
         raise RuntimeError(f"{cg.path}: memory.high is {cg.read_high()}, expected {high}")
     drop_caches()
-    hot = _start_hot(opts, cg) if opts.hot_mib else None
+    hot = _start_hot(opts, cg, hot_cpu) if opts.hot_mib else None
     events0, stat0 = cg.read_events(), cg.read_stat()
     psi0 = cg.read_pressure()
     sampler = Sampler(cg, opts.sample_ms / 1000, stat=opts.hot_mib > 0)
@@ -267,7 +272,7 @@ class _Hot:
         self.proc, self.stop = proc, stop
 
 
-def _start_hot(opts: Options, cg: Any) -> _Hot:
+def _start_hot(opts: Options, cg: Any, hot_cpu: int | None) -> _Hot:
     """The hot-set reader in the cgroup, re-reading its file; returns once its first
     pass (the cold read) is done, so the measured window starts with a warm cache."""
     ready, stop = opts.hot_file.with_suffix(".ready"), opts.hot_file.with_suffix(".stop")
@@ -278,6 +283,8 @@ def _start_hot(opts: Options, cg: Any) -> _Hot:
          f"{opts.hot_mib}M", "--block", f"{opts.chunk_kib}K", "--until-file", str(stop),
          "--ready-file", str(ready), "--cgroup", str(cg.path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if hot_cpu is not None:
+        os.sched_setaffinity(proc.pid, {hot_cpu})
     while not ready.exists():
         if proc.poll() is not None:
             raise RuntimeError(f"hot reader failed: {proc.stderr.read() if proc.stderr else ''}")
@@ -309,20 +316,30 @@ def compare(opts: Options, arms: tuple[str, ...] = ARMS) -> dict[str, Any]:
         prepare_file(opts.hot_file, opts.hot_mib, opts.sparse)
     doc: dict[str, Any] = {"kernel": platform.release(), "options": _jsonable(asdict(opts)),
                            "arms": [], "capabilities": None}
-    for name in arms:
-        if name == "engine":
-            engine = ReclaimEngine(root, cpu_budget_cores=opts.cpu_budget_cores)
-            engine.start()
-            try:
-                result = run_arm(name, opts, root, engine)
-                doc["capabilities"] = asdict(engine.capabilities)
-            finally:
-                engine.stop(restore=True)
-        else:
-            result = run_arm(name, opts, root)
-        arm = asdict(result)
-        arm["high_events"] = result.high_events
-        doc["arms"].append(arm)
+    every = os.sched_getaffinity(0)
+    hot_cpu = None
+    if opts.pin_hot and opts.hot_mib:
+        if len(every) < 2:
+            raise RuntimeError("pin_hot needs two CPUs")
+        hot_cpu = max(every)
+        os.sched_setaffinity(0, every - {hot_cpu})   # this thread, the engine's, the stream
+    try:
+        for name in arms:
+            if name == "engine":
+                engine = ReclaimEngine(root, cpu_budget_cores=opts.cpu_budget_cores)
+                engine.start()
+                try:
+                    result = run_arm(name, opts, root, engine, hot_cpu)
+                    doc["capabilities"] = asdict(engine.capabilities)
+                finally:
+                    engine.stop(restore=True)
+            else:
+                result = run_arm(name, opts, root, hot_cpu=hot_cpu)
+            arm = asdict(result)
+            arm["high_events"] = result.high_events
+            doc["arms"].append(arm)
+    finally:
+        os.sched_setaffinity(0, every)
     return doc
 
 

@@ -16,22 +16,6 @@ class TestWatermark:
         assert start == 950 * MiB and target == 900 * MiB
         assert start % d.PAGE_SIZE == 0 and target % d.PAGE_SIZE == 0
 
-    def test_rate_aware_levels_unchanged_while_growth_fits_the_headroom(self):
-        # 12.8 MiB between start and high at 256 MiB / 5%: 20 MiB/s x 0.5 s fits.
-        assert d.rate_aware_levels(256 * MiB, 5, 10, 20 * MiB, 0.5) == \
-            d.watermark_levels(256 * MiB, 5, 10)
-
-    def test_rate_aware_levels_move_down_for_fast_growth_keeping_the_gap(self):
-        start0, target0 = d.watermark_levels(256 * MiB, 5, 10)
-        start, target = d.rate_aware_levels(256 * MiB, 5, 10, 60 * MiB, 0.5)
-        assert 256 * MiB - start >= 30 * MiB          # 0.5 s of 60 MiB/s fits below high
-        assert start - target == start0 - target0      # same hysteresis gap
-        assert start % d.PAGE_SIZE == 0 and target % d.PAGE_SIZE == 0
-
-    def test_rate_aware_levels_never_below_half_of_high(self):
-        start, target = d.rate_aware_levels(256 * MiB, 5, 10, 10_000 * MiB, 0.5)
-        assert start == 128 * MiB and 0 < target < start
-
     def test_below_start_does_nothing(self):
         assert d.watermark_step(949 * MiB, 950 * MiB, 900 * MiB, 16 * MiB, False) == (0, False)
 
@@ -213,43 +197,26 @@ class TestWorkingSetFloor:
         ws = d.working_set_update(d.WorkingSet(), 0.0, 150 * MiB, 100 * MiB, 10**6, T)
         assert ws.floor == 0
 
-    def test_active_lists_never_lift_the_static_levels(self):
-        # 6.12's multi-gen LRU counts its two youngest generations as active: all of usage
-        assert d.paced_levels(256 * MiB, 5, 10, 0, 0.5, 0, 250 * MiB) == \
-            d.watermark_levels(256 * MiB, 5, 10)
-
-    @pytest.mark.parametrize("rate", [0, 20 * MiB, 60 * MiB, 200 * MiB, 10_000 * MiB])
-    def test_no_floor_is_rate_aware_levels(self, rate):
-        assert d.paced_levels(256 * MiB, 5, 10, rate, 0.5, 0) == \
-            d.rate_aware_levels(256 * MiB, 5, 10, rate, 0.5)
-
-    def test_fast_growth_stops_at_the_floor(self):
-        # the issue's workload: 160 MiB re-read, a stream on top at 400 MiB/s
-        start, target = d.paced_levels(256 * MiB, 5, 10, 400 * MiB, 0.5, 0, 165 * MiB)
-        moved = d.rate_aware_levels(256 * MiB, 5, 10, 400 * MiB, 0.5)
-        assert moved[1] < 120 * MiB                     # without the floor: below the hot set
-        s0, t0 = d.watermark_levels(256 * MiB, 5, 10)
-        assert target == 165 * MiB and start - target == s0 - t0
+    @pytest.mark.parametrize("floor", [0, 100 * MiB, 230 * MiB])
+    def test_a_floor_up_to_the_static_target_keeps_the_static_levels(self, floor):
+        assert d.floor_levels(256 * MiB, 5, 10, floor) == d.watermark_levels(256 * MiB, 5, 10)
 
     def test_floor_above_the_static_target_keeps_usage_near_the_top(self):
         upper = d.watermark_start(256 * MiB, 2.5)
-        start, target = d.paced_levels(256 * MiB, 5, 10, 0, 0.5, 240 * MiB)
+        start, target = d.floor_levels(256 * MiB, 5, 10, 240 * MiB)
         assert (start, target) == (upper, 240 * MiB)
-        start, target = d.paced_levels(256 * MiB, 5, 10, 0, 0.5, 255 * MiB)
+        start, target = d.floor_levels(256 * MiB, 5, 10, 255 * MiB)
         assert (start, target) == (upper, upper - d.PAGE_SIZE)   # never a band at high
 
-    @pytest.mark.parametrize("high,rate,floor,active", itertools.product(
-        [64 * MiB, 256 * MiB, 4096 * MiB], [0, 30 * MiB, 300 * MiB, 1e10],
-        [0, 10 * MiB, 100 * MiB, 200 * MiB, 1e10], [0, 50 * MiB, 5000 * MiB]))
-    def test_levels_ordered_and_never_below_either_law(self, high, rate, floor, active):
-        start, target = d.paced_levels(high, 5, 10, rate, 0.5, floor, active)
-        ms, mt = d.rate_aware_levels(high, 5, 10, rate, 0.5)
-        upper = max(d.watermark_start(high, 2.5), d.watermark_levels(high, 5, 10)[0])
+    @pytest.mark.parametrize("high,floor", list(itertools.product(
+        [64 * MiB, 256 * MiB, 4096 * MiB], [0, 10 * MiB, 100 * MiB, 200 * MiB, 1e10])))
+    def test_levels_ordered_and_never_below_the_static_ones(self, high, floor):
+        start, target = d.floor_levels(high, 5, 10, floor)
+        s0, t0 = d.watermark_levels(high, 5, 10)
+        upper = max(d.watermark_start(high, 2.5), s0)
         assert 0 <= target < start <= upper
-        assert mt <= target and ms <= start
+        assert t0 <= target and s0 <= start
         assert target >= min(d.page_up(floor), upper - d.PAGE_SIZE)
-        t0 = d.watermark_levels(high, 5, 10)[1]
-        assert target >= min(d.page_up(active), t0, upper - d.PAGE_SIZE)
 
 
 # --- replay of usage traces recorded in the QEMU guest (tests/unit/traces/) ---------------
@@ -268,21 +235,16 @@ Levels = tuple[int, int]
 
 def _replay(rows: list[dict[str, float]], high: int
             ) -> list[tuple[dict[str, float], Levels, Levels]]:
-    """Per sample: (row, today's levels, the working-set law's levels), with the rate and
-    the floor updated from the trace as the engine would."""
-    ws, rate, prev, out = d.WorkingSet(), 0.0, None, []
+    """Per sample: (row, the static levels, the working-set law's levels), with the
+    floor updated from the trace as the engine would."""
+    ws, out = d.WorkingSet(), []
+    static = d.watermark_levels(high, 5, 10)
     for r in rows:
         usage = int(r["usage"])
-        if prev is not None:
-            rate, _ = d.growth(rate, int(prev["usage"]), usage, r["t_s"] - prev["t_s"],
-                               T.growth_halflife)
-        old = d.rate_aware_levels(high, 5, 10, rate, T.reaction_lead)
-        if usage >= old[1]:
+        if usage >= static[1]:
             ws = d.working_set_update(ws, r["t_s"], usage, int(r["inactive_file"]),
                                       int(r["refault_file"]), T)
-        out.append((r, old, d.paced_levels(high, 5, 10, rate, T.reaction_lead, ws.floor,
-                                           ws.active)))
-        prev = r
+        out.append((r, static, d.floor_levels(high, 5, 10, ws.floor)))
     return out
 
 

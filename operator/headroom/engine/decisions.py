@@ -39,12 +39,6 @@ class Tuning:
     psi_stall_us: int = 20_000      # PSI trigger: 20 ms of "some" stall ...
     psi_window_us: int = 1_000_000  # ... within 1 s wakes the cgroup at once
     budget_burst_seconds: float = 1.0  # CPU budget bucket depth, in seconds of budget
-    reaction_lead: float = 0.2      # seconds of growth kept between the watermark and high: a
-                                    # late check or a write waiting for a CPU must not let
-                                    # usage reach memory.high. 0.5 s (the worst lateness
-                                    # seen under TCG) moved the levels into a hot set
-                                    # beside a stream: more refaults and no fewer high
-                                    # events than 0.2 s, in every paired run (engine.md)
     lowering_deadline: float = 10.0    # a memory.high lowered below usage is written after
                                        # at most this long of background reclaim, reclaimed or not
     relief_steps: int = 4           # livelock guard: memory.high reaches its ceiling in this
@@ -82,19 +76,6 @@ def watermark_levels(high: int, headroom_percent: float, target_percent: float) 
     return start, min(target, start)
 
 
-def rate_aware_levels(high: int, headroom_percent: float, target_percent: float,
-                      rate: float, lead_seconds: float) -> tuple[int, int]:
-    """watermark_levels, moved down while the cgroup grows fast: usage growing at `rate`
-    must need at least `lead_seconds` from the start level to `high`. The gap between
-    start and target is kept; start never goes below half of `high`."""
-    start, target = watermark_levels(high, headroom_percent, target_percent)
-    shift = max(0, page_up(max(rate, 0.0) * lead_seconds) - (high - start))
-    if shift == 0:
-        return start, target
-    new_start = max(page_down(high / 2), start - shift)
-    return new_start, max(0, new_start - (start - target))
-
-
 @dataclass(frozen=True)
 class WorkingSet:
     """What the engine knows of a cgroup's working set (from memory.stat)."""
@@ -121,26 +102,23 @@ def working_set_update(ws: WorkingSet, now: float, usage: int, inactive: int, re
     return WorkingSet(floor, active, now, refaults)
 
 
-def paced_levels(high: int, headroom_percent: float, target_percent: float, rate: float,
-                 lead_seconds: float, floor: float, active: int = 0) -> tuple[int, int]:
-    """The Watermark levels (start, target): rate_aware_levels, except that reclaim stops
-    at the working set (`active` lists, at most up to the static target, and the
-    refault `floor`): it takes only what came in on top of the working set
-    (the stream), as the kernel's own reclaim at memory.high does, and not the pages
-    the workload re-reads. A refault floor above the static target raises the target up to
-    just below half the headroom (97.5% of high at 5%) and start with it: usage then
-    stays near the top, where the kernel alone would hold it."""
-    start, target = rate_aware_levels(high, headroom_percent, target_percent, rate,
-                                      lead_seconds)
-    s0, t0 = watermark_levels(high, headroom_percent, target_percent)
-    # the active lists alone never lift the static target: on the multi-gen LRU (6.12)
-    # they hold the two youngest generations, which can be all of usage
-    floor_t = page_up(max(floor, min(active, t0)))
+def floor_levels(high: int, headroom_percent: float, target_percent: float,
+                 floor: float) -> tuple[int, int]:
+    """The Watermark levels (start, target): watermark_levels, lifted by the refault
+    `floor`. Reclaim never goes below the working set: a floor above the static target
+    raises the target up to just below half the headroom (97.5% of high at 5%) and start
+    with it, so usage stays near the top, where the kernel alone would hold it, and only
+    what comes in above the floor (the stream) is reclaimed.
+
+    The levels never move down, not even for fast growth: usage held low, whatever the
+    reason, is what makes the kernel reclaim the working set (measured, docs/engine.md)."""
+    start, target = watermark_levels(high, headroom_percent, target_percent)
+    floor_t = page_up(floor)
     if floor_t <= target:
         return start, target
-    upper = max(watermark_start(high, headroom_percent / 2), s0)
+    upper = max(watermark_start(high, headroom_percent / 2), start)
     new_target = min(floor_t, upper - PAGE_SIZE)
-    return min(upper, max(start, new_target + (s0 - t0))), new_target
+    return min(upper, new_target + (start - target)), new_target
 
 
 def lowering_needed(usage: int, current_high: int | None, new_high: int,

@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -96,40 +97,52 @@ def test_pagecache_stream_engine_vs_kernel_alone(scratch_dir: Path) -> None:
 
 # --- (a') a hot set re-read beside the stream: the engine keeps it (issue 9) -------------
 
+PAIRS = 3   # kernel-alone and engine arms alternate this many times in the boot
+
+
 @pytest.mark.parametrize("high_mib,hot_mib", [(128, 80), (128, 56)])
 def test_hot_set_beside_a_stream_stays_cached(scratch_dir: Path, high_mib: int,
                                               hot_mib: int) -> None:
     """One cgroup: a process re-reads a hot file (62% or 44% of memory.high) while another
-    streams 5 x memory.high once. Kernel alone first, then the engine, same boot: the
-    stall bounds of (a), no more file refaults than the kernel alone (1.25x plus 512
-    pages of slack), and as many hot passes per second: the engine's reclaim takes the
-    stream, not the hot set."""
-    opts = pagecache_compare.Options(file=scratch_dir / "stream.dat", file_mib=5 * high_mib,
+    streams 10 x memory.high once (with 5 x, the one crossing at the stream's start, before
+    the engine's next look, was 5% of the kernel-alone PSI on 6.12). Kernel alone and
+    engine arms alternate, three pairs in one boot; on the medians: the stall bounds of
+    (a), no more file refaults than the kernel alone (1.25x plus 512 pages of slack), and
+    as many hot passes per second (within 10%, the kernel-alone arms' own spread).
+    Either kernel now and then refaults the hot file in one run, with or without the
+    engine (6.1 alone: 4,315 and 19,273 pages where its other runs had 7-20): one pair
+    decides nothing. The hot reader has a CPU of
+    its own (pin_hot): unthrottled, the stream and the engine take CPU that the
+    throttled stream of the kernel-alone arm left to it, and that is not what this
+    compares."""
+    opts = pagecache_compare.Options(file=scratch_dir / "stream.dat", file_mib=10 * high_mib,
                                      passes=1, high_mib=high_mib, sample_ms=100,
-                                     hot_mib=hot_mib, hot_file=scratch_dir / "hot.dat")
-    doc = pagecache_compare.compare(opts)
-    kernel, eng = doc["arms"]
+                                     hot_mib=hot_mib, hot_file=scratch_dir / "hot.dat",
+                                     pin_hot=True)
+    doc = pagecache_compare.compare(opts, pagecache_compare.ARMS * PAIRS)
+    kernel = [a for a in doc["arms"] if a["name"] == "kernel"]
+    eng = [a for a in doc["arms"] if a["name"] == "engine"]
     summary = "\n".join(
         f"{doc['kernel']} {a['name']}: high={a['high_events']} psi_some={a['psi_some_us']}us "
         f"refault_file={a['refault_file']} hot_passes={a['hot_passes']} in "
-        f"{a['hot_window_s']}s" for a in (kernel, eng)) + f"\nengine={eng['engine']}"
+        f"{a['hot_window_s']}s" for a in doc["arms"]) + f"\nengine={eng[-1]['engine']}"
     print(summary)
-    assert kernel["high_events"] >= 100 and kernel["psi_some_us"] > 0, summary
-    assert kernel["hot_passes"] >= 1 and eng["hot_passes"] >= 1, summary
-    bounds = {"high events": eng["high_events"] <= 0.01 * kernel["high_events"],
-              "PSI some": eng["psi_some_us"] <= 0.05 * kernel["psi_some_us"],
-              "file refaults": eng["refault_file"] <= 1.25 * kernel["refault_file"] + 512,
-              "hot-set throughput": eng["hot_passes"] / eng["hot_window_s"]
-              >= kernel["hot_passes"] / kernel["hot_window_s"]}
+    assert all(a["high_events"] >= 100 and a["psi_some_us"] > 0 for a in kernel), summary
+    assert all(a["hot_passes"] >= 1 for a in doc["arms"]), summary
+
+    def med(arms: list[dict], key: str) -> float:
+        return statistics.median(a[key] for a in arms)
+
+    def pps(arms: list[dict]) -> float:
+        return statistics.median(a["hot_passes"] / a["hot_window_s"] for a in arms)
+
+    bounds = {"high events": med(eng, "high_events") <= 0.01 * med(kernel, "high_events"),
+              "PSI some": med(eng, "psi_some_us") <= 0.05 * med(kernel, "psi_some_us"),
+              "file refaults": med(eng, "refault_file")
+              <= 1.25 * med(kernel, "refault_file") + 512,
+              "hot-set throughput": pps(eng) >= 0.9 * pps(kernel)}
     missed = [name for name, ok in bounds.items() if not ok]
-    if missed:
-        # Known (issue 9, open), measured at host load ~15: 6.12 kept both hot sets
-        # (0 refaults as alone) and passed at 80 MiB (20 high events of 2,381, 0.97
-        # passes/s against 0.91), not at 56 (47 of 2,285). 6.1 passed at 56 MiB on
-        # counters but did 1.5 passes/s against 1.83; at 80 MiB its classic LRU still
-        # refaults the hot file (14,222 against 12; 172 high events of 1,426).
-        pytest.xfail(f"{platform.release()}: {', '.join(missed)} over the bound\n{summary}")
-    assert not missed, f"{', '.join(missed)} over the bound\n{summary}"
+    assert not missed, f"{', '.join(missed)} over the bound (medians)\n{summary}"
 
 
 # --- (a'') anonymous memory with a cold part, zram swap: the cold part goes, the hot stays

@@ -1,5 +1,5 @@
 """Watermark mode: reclaim from a start level below memory.high down to a target level
-(decisions.paced_levels, decisions.watermark_step), never below the working set that
+(decisions.floor_levels, decisions.watermark_step), never below the working set that
 memory.stat shows (decisions.working_set_update)."""
 
 from __future__ import annotations
@@ -20,22 +20,18 @@ log = logging.getLogger("headroom.engine")
 class Watermark(Mode):
     name = "Watermark"
 
-    def levels(self, st: CgroupState, high: int, tuning: d.Tuning) -> tuple[int, int]:
+    def levels(self, st: CgroupState, high: int) -> tuple[int, int]:
         s = st.target.settings
         # a lower memory.high waiting for reclaim: the working set has to shrink
-        if st.high.lowering_to is not None:
-            return d.paced_levels(high, s.headroom_percent, s.target_percent, st.rate,
-                                  tuning.reaction_lead, 0.0)
-        return d.paced_levels(high, s.headroom_percent, s.target_percent, st.rate,
-                              tuning.reaction_lead, st.ws.floor, st.ws.active)
+        floor = 0.0 if st.high.lowering_to is not None else st.ws.floor
+        return d.floor_levels(high, s.headroom_percent, s.target_percent, floor)
 
     def observe(self, st: CgroupState, high: int, usage: int, now: float,
                 tuning: d.Tuning) -> None:
         """While usage is in the reclaim band, read memory.stat (every ws_interval) for
         the working-set floor reclaim stops at."""
         s = st.target.settings
-        _, target = d.rate_aware_levels(high, s.headroom_percent, s.target_percent, st.rate,
-                                        tuning.reaction_lead)
+        _, target = d.watermark_levels(high, s.headroom_percent, s.target_percent)
         if st.cg is None or usage < target or now - st.ws.stamp < tuning.ws_interval:
             return
         stat = st.cg.read_stat()
@@ -52,7 +48,7 @@ class Watermark(Mode):
         if high is None:
             return 0, tn.max_interval
         self.observe(st, high, c.usage, c.now, tn)
-        start, target = self.levels(st, high, tn)
+        start, target = self.levels(st, high)
         was_active = st.active
         want, st.active = d.watermark_step(c.usage, start, target,
                                            st.target.settings.step_bytes, st.active)
@@ -64,7 +60,7 @@ class Watermark(Mode):
 
     def reclaimed(self, st: CgroupState, usage_after: int, tuning: d.Tuning) -> None:
         if st.active and st.high.limit is not None:
-            start, target = self.levels(st, st.high.limit, tuning)
+            start, target = self.levels(st, st.high.limit)
             st.active = d.episode_continues(usage_after, start, target)
 
 
