@@ -2,6 +2,10 @@
 """Stream a file through the page cache with fixed-size reads and report latencies.
 
     pagecache_stream.py --size 1G --block 1M --passes 2 --cgroup /sys/fs/cgroup/demo
+    pagecache_stream.py --write --fsync-every 16M --size 640M --cgroup ...
+
+With --write it writes the file instead (dirty page cache, fsync after every
+--fsync-every bytes and at the end), timing every write.
 
 Creates the file (on the guest's ext4 scratch disk by default) if it is missing or
 has another size, drops its pages from the cache (posix_fadvise DONTNEED, this file
@@ -79,6 +83,28 @@ def stream(path: Path, block: int, passes: int, duration: float | None,
         os.close(fd)
 
 
+def write_stream(path: Path, size: int, block: int, fsync_every: int
+                 ) -> tuple[list[int], int, float]:
+    """Write `size` bytes to path (truncated first), fsync after every `fsync_every`
+    bytes and at the end; per-write latencies in ns (an fsync counts in the write that
+    triggers it), bytes written and the elapsed seconds."""
+    chunk = os.urandom(block // 2) + bytes(block - block // 2)
+    latencies: list[int] = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        start, written, synced = time.monotonic(), 0, 0
+        while written < size:
+            t0 = time.perf_counter_ns()
+            written += os.write(fd, chunk[:min(block, size - written)])
+            if written - synced >= fsync_every or written >= size:
+                os.fsync(fd)
+                synced = written
+            latencies.append(time.perf_counter_ns() - t0)
+        return latencies, written, time.monotonic() - start
+    finally:
+        os.close(fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--file", type=Path, default=SCRATCH / "pagecache_stream.dat")
@@ -96,10 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-cache", action="store_true",
                    help="do not drop the file's cached pages before streaming")
     p.add_argument("--latencies", type=Path, help="also write every latency (us), one a line")
+    p.add_argument("--write", action="store_true", help="write the file instead of reading it")
+    p.add_argument("--fsync-every", type=parse_size, default=parse_size("16M"))
     args = p.parse_args(argv)
 
     if args.cgroup:
         join_cgroup(args.cgroup)
+    if args.write:
+        latencies, total, elapsed = write_stream(args.file, args.size, args.block,
+                                                 args.fsync_every)
+        print(json.dumps({"workload": "pagecache_write", "file": str(args.file),
+                          "bytes": total, "duration_s": round(elapsed, 3),
+                          **latency_summary(latencies)}))
+        return 0
     created = ensure_file(args.file, args.size, args.block)
     if args.prepare_only:
         print(json.dumps({"workload": "pagecache_stream", "file": str(args.file),
