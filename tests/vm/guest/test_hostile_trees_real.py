@@ -8,7 +8,8 @@ symlink and a regular file in a cgroup directory (so a symlinked pod dir or a po
 replaced by a file cannot appear under a real --cgroup-root). Then what can happen on a
 real node: a uid under two QoS classes, a pod cgroup removed between the agent's check
 and its write, a pod cgroup without memory.high (its parent does not delegate the memory
-controller). In each case the pod ends with a clear reason, B gets its value, and no
+controller), a memory.high the kernel refuses to open for writing (mode 0444, an agent
+without CAP_DAC_OVERRIDE). In each case the pod ends with a clear reason, B gets its value, and no
 memory file of any cgroup but B's changes (every kubepods-level cgroup, A's own and a
 sibling of kubepods are compared before and after).
 """
@@ -16,6 +17,7 @@ sibling of kubepods are compared before and after).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pathlib
 import uuid
@@ -223,3 +225,61 @@ def test_pod_cgroup_without_memory_high(tree: dict[str, Any]) -> None:
     tree["agent"].advance(40)                           # past the engine's retry interval
     check(tree, a, ("Error", "CgroupNotFound"), before, ("memory.",))
     assert not (adir / "memory.high").exists()
+
+
+def _drop_capabilities() -> None:
+    """Give up every capability (root keeps uid 0, so only DAC_OVERRIDE's loss matters):
+    the way a memory.high made read-only can refuse a root agent's write."""
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = Header(0x20080522, 0)                      # _LINUX_CAPABILITY_VERSION_3
+    if libc.capset(ctypes.byref(header), (Data * 2)()) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def test_memory_high_not_writable(tree: dict[str, Any]) -> None:
+    """A's memory.high is mode 0444 and the agent (a forked child) holds no capability:
+    the kernel refuses its write with EACCES, A ends with that reason, B is enforced."""
+    a = _uid()
+    adir = mkcg(pod_dir("Burstable", a), delegate=False)
+    tree["extra"].append(adir)
+    (adir / "memory.high").write_text(str(400 * MI))
+    (adir / "memory.high").chmod(0o444)
+    before = memory_files((tree["bdir"],))
+    agent: Agent = tree["agent"]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                        # the agent, without privileges
+        code = 1
+        try:
+            os.close(read_end)
+            _drop_capabilities()
+            agent.agent.set_plan(plan(entry(a), entry(tree["b"])))
+            agent.advance(5)
+            result = {"a": agent.pod_status(a), "b": agent.pod_status(tree["b"]),
+                      "bHigh": (tree["bdir"] / "memory.high").read_text().strip(),
+                      "after": memory_files((tree["bdir"],))}
+            agent.stop()                                # B gets its original back
+            os.write(write_end, json.dumps(result).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        got = json.loads(f.read() or "{}")
+    assert os.waitpid(pid, 0)[1] == 0, got
+    st = got["a"]
+    assert st["applied"] is False and st["reason"] == "Error", st
+    assert "memory.high" in st["lastError"] and "EACCES" in st["lastError"], st
+    assert got["b"]["reason"] == "Applied" and got["bHigh"] == str(256 * MI), got
+    assert got["after"] == before
+    assert (adir / "memory.high").read_text().strip() == str(400 * MI)
+    print(f"pod A: {st['reason']}: {st['lastError']}")
