@@ -216,9 +216,19 @@ class TestCapabilities:
         assert caps.memory_reclaim is False and caps.swappiness_key is False
         assert caps.psi is False  # plain files cannot carry PSI triggers
 
+    @pytest.mark.parametrize("text,classic", [("0x0007\n", False), ("0x0001", False),
+                                              ("0x0000\n", True), ("0x0006", True),
+                                              ("garbage", True), (None, True)])
+    def test_classic_lru_switch(self, tmp_path, text, classic):
+        switch = tmp_path / "enabled"
+        if text is not None:
+            switch.write_text(text)
+        assert capabilities.classic_lru_switch(switch) is classic
+
     def test_dry_probe_writes_nothing(self, cgroup_tree, root):
         cgroup_tree.add("a")
         before = cgroup_tree.contents()
         caps = capabilities.probe(root.cgroup("a"), write=False)
         assert caps.memory_reclaim is True and caps.swappiness_key is None and caps.psi is None
+        assert caps.classic_lru is True   # a fake tree: classic, whatever this host runs
         assert cgroup_tree.contents() == before

@@ -179,23 +179,40 @@ class TestWorkingSetFloor:
     """Reclaim stops at the working set (issue 9)."""
 
     def test_reading_keeps_the_active_lists(self):
-        ws = d.working_set_update(d.WorkingSet(), 1.0, 200 * MiB, 30 * MiB, 0, T)
+        ws = d.working_set_update(d.WorkingSet(), 1.0, 200 * MiB, 30 * MiB, 0, 0, T)
         assert ws.active == 170 * MiB and ws.floor == 0 and ws.refaults == 0
 
     def test_refaults_raise_the_floor_to_usage_and_it_decays_to_the_active_lists(self):
-        ws = d.working_set_update(d.WorkingSet(), 0.0, 150 * MiB, 100 * MiB, 1000, T)
-        few = d.working_set_update(ws, 0.2, 150 * MiB, 100 * MiB, 1000 + T.ws_refault_pages, T)
+        ws = d.working_set_update(d.WorkingSet(), 0.0, 150 * MiB, 100 * MiB, 0, 1000, T)
+        few = d.working_set_update(ws, 0.2, 150 * MiB, 100 * MiB, 0,
+                                   1000 + T.ws_refault_pages, T)
         assert few.floor == 0
-        many = d.working_set_update(few, 0.4, 150 * MiB, 100 * MiB,
+        many = d.working_set_update(few, 0.4, 150 * MiB, 100 * MiB, 0,
                                     1001 + 2 * T.ws_refault_pages, T)
         assert many.floor == 150 * MiB
-        later = d.working_set_update(many, 0.4 + T.ws_halflife, 150 * MiB, 100 * MiB,
+        later = d.working_set_update(many, 0.4 + T.ws_halflife, 150 * MiB, 100 * MiB, 0,
                                      1001 + 2 * T.ws_refault_pages, T)
         assert later.floor == pytest.approx(100 * MiB)     # 50 active + half of the 100 over
 
     def test_first_reading_is_only_a_baseline_for_refaults(self):
-        ws = d.working_set_update(d.WorkingSet(), 0.0, 150 * MiB, 100 * MiB, 10**6, T)
+        ws = d.working_set_update(d.WorkingSet(), 0.0, 150 * MiB, 100 * MiB, 0, 10**6, T)
         assert ws.floor == 0
+
+    def test_the_floor_is_at_least_what_the_lru_keeps(self):
+        ws = d.working_set_update(d.WorkingSet(), 0.0, 150 * MiB, 100 * MiB, 120 * MiB, 10**6, T)
+        assert ws.floor == 120 * MiB           # before any refault
+        later = d.working_set_update(ws, 1000.0, 150 * MiB, 100 * MiB, 0, 10**6, T)
+        assert later.floor < 50 * MiB + d.PAGE_SIZE   # keep gone: decays to the active lists
+
+    @pytest.mark.parametrize("active,active_file,lru_file,keep", [
+        (80 * MiB, 80 * MiB, 120 * MiB, 160 * MiB),      # < 1 GiB of file LRU: ratio 1
+        (30 * MiB, 10 * MiB, 100 * MiB, 40 * MiB),
+        (0, 0, 0, 0),
+        (4 << 30, 4 << 30, 5 << 30, (4 << 30) + (4 << 30) // 7),   # isqrt(50) = 7
+    ])
+    def test_lru_keep_is_the_active_lists_and_the_inactive_share_the_kernel_keeps(
+            self, active, active_file, lru_file, keep):
+        assert d.lru_keep(active, active_file, lru_file) == keep
 
     @pytest.mark.parametrize("floor", [0, 100 * MiB, 230 * MiB])
     def test_a_floor_up_to_the_static_target_keeps_the_static_levels(self, floor):
@@ -233,16 +250,19 @@ def _trace(name: str) -> list[dict[str, float]]:
 Levels = tuple[int, int]
 
 
-def _replay(rows: list[dict[str, float]], high: int
+def _replay(rows: list[dict[str, float]], high: int, classic_lru: bool
             ) -> list[tuple[dict[str, float], Levels, Levels]]:
     """Per sample: (row, the static levels, the working-set law's levels), with the
     floor updated from the trace as the engine would."""
     ws, out = d.WorkingSet(), []
     static = d.watermark_levels(high, 5, 10)
     for r in rows:
-        usage = int(r["usage"])
+        usage, inactive, active_file = (int(r[k]) for k in ("usage", "inactive_file",
+                                                            "active_file"))
         if usage >= static[1]:
-            ws = d.working_set_update(ws, r["t_s"], usage, int(r["inactive_file"]),
+            keep = (d.lru_keep(usage - inactive, active_file, inactive + active_file)
+                    if classic_lru else 0)
+            ws = d.working_set_update(ws, r["t_s"], usage, inactive, keep,
                                       int(r["refault_file"]), T)
         out.append((r, static, d.floor_levels(high, 5, 10, ws.floor)))
     return out
@@ -250,9 +270,9 @@ def _replay(rows: list[dict[str, float]], high: int
 
 @pytest.mark.parametrize("trace", ["hotset160-6.12-kernel-alone.csv"])
 def test_replay_without_refaults_is_todays_law(trace):
-    """6.12 alone kept its 160 MiB hot set (no refaults), active below the static target:
-    the law is unchanged."""
-    rows = _replay(_trace(trace), 256 * MiB)
+    """6.12 (multi-gen LRU) alone kept its 160 MiB hot set (no refaults), active below the
+    static target: the law is unchanged."""
+    rows = _replay(_trace(trace), 256 * MiB, classic_lru=False)
     assert all(old == new for _, old, new in rows)
 
 
@@ -264,7 +284,7 @@ def test_replay_refaults_lift_the_target_and_never_lower_it(trace):
     (at most half the headroom below high), and no level is ever below today's."""
     high = 256 * MiB
     upper = d.watermark_start(high, 2.5)
-    rows = _replay(_trace(trace), high)
+    rows = _replay(_trace(trace), high, classic_lru=True)
     assert all(new[0] >= old[0] and new[1] >= old[1] for _, old, new in rows)
     prev = None
     lifted = 0
@@ -275,3 +295,17 @@ def test_replay_refaults_lift_the_target_and_never_lower_it(trace):
             lifted += 1
         prev = r
     assert lifted >= 2
+
+
+@pytest.mark.parametrize("trace", ["hotset160-6.1-oldlaw-engine.csv",
+                                   "hotset160-6.1-kernel-alone.csv"])
+def test_replay_classic_lru_lifts_the_target_before_the_first_refault(trace):
+    """6.1's classic LRU with a 160 MiB hot set on its active list: keeping the inactive
+    file list as long as the active one needs more than memory.high, so the target is at
+    the top from the first reading in the band, before any refault shows up."""
+    high = 256 * MiB
+    upper = d.watermark_start(high, 2.5)
+    rows = _replay(_trace(trace), high, classic_lru=True)
+    first = next((r, new) for r, old, new in rows
+                 if r["usage"] >= old[1] and r["active_file"] >= 150 * MiB)
+    assert first[1] == (upper, upper - d.PAGE_SIZE), first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from headroom.cgroup.cgroup import Cgroup
 from headroom.cgroup.errors import CgroupError, CgroupGone, PartialReclaim, UnsupportedKey
@@ -20,6 +21,26 @@ class Capabilities:
     memory_reclaim: bool | None = None
     swappiness_key: bool | None = None
     psi: bool | None = None
+    classic_lru: bool | None = None   # False: multi-gen LRU (its own aging, no
+                                      # active/inactive balance to respect)
+
+
+LRU_GEN_SWITCH = Path("/sys/kernel/mm/lru_gen/enabled")
+
+
+def classic_lru_switch(switch: Path = LRU_GEN_SWITCH) -> bool:
+    """Whether the kernel reclaims with the classic active/inactive LRU: no multi-gen LRU
+    built in (no switch), or built in and switched off (bit 0 of its `enabled` mask)."""
+    try:
+        return not int(switch.read_text().strip(), 0) & 1
+    except (OSError, ValueError):
+        return True
+
+
+def probe_classic_lru(cg: Cgroup) -> bool:
+    """classic_lru_switch of this kernel; a fake tree is taken as classic (its memory.stat
+    is whatever the test wrote)."""
+    return True if cg.root.fake else classic_lru_switch()
 
 
 def probe_memory_reclaim(cg: Cgroup) -> bool:
@@ -50,12 +71,13 @@ def probe_psi_trigger(cg: Cgroup) -> bool:
 
 
 def probe(cg: Cgroup, *, write: bool) -> Capabilities:
-    """All three; with write=False (dry run) only what reading can tell."""
+    """All of them; with write=False (dry run) only what reading can tell."""
     reclaim = probe_memory_reclaim(cg)
+    classic = probe_classic_lru(cg)
     if not write:
-        return Capabilities(memory_reclaim=reclaim)
+        return Capabilities(memory_reclaim=reclaim, classic_lru=classic)
     return Capabilities(
-        memory_reclaim=reclaim,
+        memory_reclaim=reclaim, classic_lru=classic,
         swappiness_key=probe_swappiness_key(cg) if reclaim else False,
         psi=probe_psi_trigger(cg),
     )

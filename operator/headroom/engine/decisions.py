@@ -86,12 +86,24 @@ class WorkingSet:
     refaults: int = -1    # workingset_refault_file + _anon then (-1: not read yet)
 
 
-def working_set_update(ws: WorkingSet, now: float, usage: int, inactive: int, refaults: int,
-                       tuning: Tuning) -> WorkingSet:
+def lru_keep(active: int, active_file: int, lru_file: int) -> int:
+    """Usage below which reclaim takes from the working set before any refault shows it:
+    the active lists plus the inactive file pages the kernel keeps beside them. Its
+    classic LRU deactivates active file pages (the hot set) as soon as inactive_file ×
+    ratio < active_file, ratio = isqrt(10 × GiB of file LRU), 1 under 1 GiB (mm/vmscan.c
+    inactive_is_low), so a target below this makes memory.reclaim evict the hot set
+    (measured on 6.1: thousands of refaults in the ~2 s before refaults lift the floor)."""
+    ratio = max(1, math.isqrt(10 * (lru_file >> 30)))
+    return active + active_file // ratio
+
+
+def working_set_update(ws: WorkingSet, now: float, usage: int, inactive: int, keep: int,
+                       refaults: int, tuning: Tuning) -> WorkingSet:
     """After one memory.stat reading: the active LRU lists (usage less the inactive
-    ones: what the workload touched more than once), and a floor: when pages came back
-    from eviction (refaults) since the previous reading, the whole usage then (reclaim
-    went deeper than the workload's re-use allows). Above the active lists the floor
+    ones: what the workload touched more than once), and a floor, at least `keep`
+    (lru_keep on the classic LRU, 0 on the multi-gen one). When pages came back from
+    eviction (refaults) since the previous reading, the floor is the whole usage then
+    (reclaim went deeper than the workload's re-use allows); above the active lists it
     decays with `ws_halflife`, so a working set that shrank is reclaimed again later."""
     active = max(0, usage - inactive)
     excess = max(0.0, ws.floor - active)
@@ -99,7 +111,7 @@ def working_set_update(ws: WorkingSet, now: float, usage: int, inactive: int, re
                                                     / tuning.ws_halflife))
     if ws.refaults >= 0 and refaults - ws.refaults > tuning.ws_refault_pages:
         floor = max(floor, float(usage))
-    return WorkingSet(floor, active, now, refaults)
+    return WorkingSet(max(floor, float(keep)), active, now, refaults)
 
 
 def floor_levels(high: int, headroom_percent: float, target_percent: float,

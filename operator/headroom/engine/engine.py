@@ -364,7 +364,8 @@ class ReclaimEngine:
 
         self._high.check_relief(st, usage, now)
         dry = self._dry(st.target)
-        want, interval = modes.get(s.mode).want(modes.Check(st, usage, now, tn, dry))
+        want, interval = modes.get(s.mode).want(
+            modes.Check(st, usage, now, tn, dry, self._caps.classic_lru is not False))
         if self._caps.memory_reclaim is False:
             want = 0   # kernel < 5.19: memory.high only (its ENOENT would read as "gone")
         if want == 0:
@@ -564,7 +565,8 @@ class ReclaimEngine:
         with self._lock:
             self._caps = found
         event(log, "capabilities", memory_reclaim=self._caps.memory_reclaim,
-              swappiness_key=self._caps.swappiness_key, psi=self._caps.psi)
+              swappiness_key=self._caps.swappiness_key, psi=self._caps.psi,
+              classic_lru=self._caps.classic_lru)
 
     def _open_watches(self, cg: Cgroup, dry: bool) -> list[Watch]:
         """memory.events change notification always (it only reads); a PSI trigger only

@@ -27,7 +27,7 @@ class Watermark(Mode):
         return d.floor_levels(high, s.headroom_percent, s.target_percent, floor)
 
     def observe(self, st: CgroupState, high: int, usage: int, now: float,
-                tuning: d.Tuning) -> None:
+                tuning: d.Tuning, classic_lru: bool) -> None:
         """While usage is in the reclaim band, read memory.stat (every ws_interval) for
         the working-set floor reclaim stops at."""
         s = st.target.settings
@@ -37,8 +37,12 @@ class Watermark(Mode):
         stat = st.cg.read_stat()
         if "inactive_file" not in stat:
             return   # no LRU sizes (not a kernel's memory.stat): no floor
+        inactive = stat["inactive_file"] + stat.get("inactive_anon", 0)
+        active_file = stat.get("active_file", 0)
+        keep = (d.lru_keep(max(0, usage - inactive), active_file,
+                           stat["inactive_file"] + active_file) if classic_lru else 0)
         st.ws = d.working_set_update(
-            st.ws, now, usage, stat.get("inactive_file", 0) + stat.get("inactive_anon", 0),
+            st.ws, now, usage, inactive, keep,
             stat.get("workingset_refault_file", 0) + stat.get("workingset_refault_anon", 0),
             tuning)
 
@@ -47,7 +51,7 @@ class Watermark(Mode):
         high = st.high.limit
         if high is None:
             return 0, tn.max_interval
-        self.observe(st, high, c.usage, c.now, tn)
+        self.observe(st, high, c.usage, c.now, tn, c.classic_lru)
         start, target = self.levels(st, high)
         was_active = st.active
         want, st.active = d.watermark_step(c.usage, start, target,
