@@ -257,13 +257,11 @@ def _replay(rows: list[dict[str, float]], high: int, classic_lru: bool
     ws, out = d.WorkingSet(), []
     static = d.watermark_levels(high, 5, 10)
     for r in rows:
-        usage, inactive, active_file = (int(r[k]) for k in ("usage", "inactive_file",
-                                                            "active_file"))
+        usage = int(r["usage"])
         if usage >= static[1]:
-            keep = (d.lru_keep(usage - inactive, active_file, inactive + active_file)
-                    if classic_lru else 0)
-            ws = d.working_set_update(ws, r["t_s"], usage, inactive, keep,
-                                      int(r["refault_file"]), T)
+            stat = {k: int(r[k]) for k in ("inactive_file", "active_file")}
+            stat["workingset_refault_file"] = int(r["refault_file"])
+            ws = d.working_set_read(ws, r["t_s"], usage, stat, classic_lru, T)
         out.append((r, static, d.floor_levels(high, 5, 10, ws.floor)))
     return out
 

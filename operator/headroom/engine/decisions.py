@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -112,6 +113,17 @@ def working_set_update(ws: WorkingSet, now: float, usage: int, inactive: int, ke
     if ws.refaults >= 0 and refaults - ws.refaults > tuning.ws_refault_pages:
         floor = max(floor, float(usage))
     return WorkingSet(max(floor, float(keep)), active, now, refaults)
+
+
+def working_set_read(ws: WorkingSet, now: float, usage: int, stat: Mapping[str, int],
+                     classic_lru: bool, tuning: Tuning) -> WorkingSet:
+    """working_set_update from one memory.stat reading (which has `inactive_file`)."""
+    inactive_file, active_file = stat["inactive_file"], stat.get("active_file", 0)
+    inactive = inactive_file + stat.get("inactive_anon", 0)
+    keep = (lru_keep(max(0, usage - inactive), active_file, inactive_file + active_file)
+            if classic_lru else 0)
+    refaults = stat.get("workingset_refault_file", 0) + stat.get("workingset_refault_anon", 0)
+    return working_set_update(ws, now, usage, inactive, keep, refaults, tuning)
 
 
 def floor_levels(high: int, headroom_percent: float, target_percent: float,

@@ -25,7 +25,7 @@ class Check:
     now: float
     tuning: Tuning
     dry: bool
-    classic_lru: bool = True   # the kernel's LRU (capabilities.probe_classic_lru)
+    classic_lru: bool   # the kernel's LRU (capabilities.probe_classic_lru)
 
 
 class Mode:

@@ -37,14 +37,7 @@ class Watermark(Mode):
         stat = st.cg.read_stat()
         if "inactive_file" not in stat:
             return   # no LRU sizes (not a kernel's memory.stat): no floor
-        inactive = stat["inactive_file"] + stat.get("inactive_anon", 0)
-        active_file = stat.get("active_file", 0)
-        keep = (d.lru_keep(max(0, usage - inactive), active_file,
-                           stat["inactive_file"] + active_file) if classic_lru else 0)
-        st.ws = d.working_set_update(
-            st.ws, now, usage, inactive, keep,
-            stat.get("workingset_refault_file", 0) + stat.get("workingset_refault_anon", 0),
-            tuning)
+        st.ws = d.working_set_read(st.ws, now, usage, stat, classic_lru, tuning)
 
     def want(self, c: Check) -> tuple[int, float]:
         st, tn = c.st, c.tuning
