@@ -593,3 +593,41 @@ def test_threaded_engine_reclaims_and_restores(fake_kernel):
     assert fake_kernel.tree.high("web") == "max"
     assert fake_kernel.reclaim_calls
     assert fake_kernel.open_watches() == []
+
+
+def _open_fds() -> int:
+    import os
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_released_and_vanished_targets_close_their_kept_open_files(cgroup_tree):
+    """Kept-open files (memory.current, .high, .events, .pressure) are closed when a
+    target is released or its cgroup vanishes, not when the collector gets to them:
+    at 500 pods a node's fd limit is near, and pods come and go."""
+    import gc
+
+    from headroom.cgroup import CgroupRoot
+    gc.disable()   # what the collector would do is exactly what must not be needed
+    try:
+        paths = [cgroup_tree.add(f"cg{i}", current=10 * MiB) for i in range(20)]
+        now = [0.0]
+        engine = ReclaimEngine(CgroupRoot(cgroup_tree.root, allow_fake=True), workers=0,
+                               clock=lambda: now[0], cpu_budget_cores=None)
+        base = _open_fds()
+        engine.set_targets([Target(key=p.name, path=p, memory_high=HIGH,
+                                   settings=ReclaimSettings()) for p in paths])
+        for _ in range(3):
+            now[0] += 1.0
+            engine.tick(now[0])
+        held = _open_fds() - base
+        assert held >= 2 * len(paths)      # memory.current and memory.high at least
+        cgroup_tree.remove("cg0")
+        now[0] += 1.0
+        engine.tick(now[0])
+        assert not engine.snapshot()["cg0"].applied
+        assert _open_fds() - base <= held - 2
+        engine.set_targets([])
+        assert _open_fds() == base
+        engine.stop(restore=True)
+    finally:
+        gc.enable()

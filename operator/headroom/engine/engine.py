@@ -589,6 +589,13 @@ class ReclaimEngine:
         self._wakeups.remove(st.watches)
         st.watches = []
 
+    @staticmethod
+    def _close(st: CgroupState) -> None:
+        """Its kept-open files closed now, not whenever the collector finds them: 500
+        pods hold ~3,000 fds, and a node's pods come and go."""
+        if st.cg is not None:
+            st.cg.close()
+
     def _mark_gone(self, st: CgroupState, why: str) -> None:
         """The cgroup vanished: stop watching and checking it; keep its stats."""
         self._unregister(st)
@@ -596,6 +603,7 @@ class ReclaimEngine:
         st.failed, st.in_flight = True, False
         self._high.gone(st)
         st.stats.applied, st.stats.reason, st.stats.last_error = False, NOT_FOUND, why
+        self._close(st)
         event(log, "cgroup_vanished", logging.WARNING, key=st.key, error=why)
 
     def _remove(self, st: CgroupState, restore: bool) -> None:
@@ -605,3 +613,4 @@ class ReclaimEngine:
             self._unregister(st)
         if restore:
             self._high.release(st)
+        self._close(st)
