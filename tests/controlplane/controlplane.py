@@ -185,15 +185,18 @@ class ControlPlane:
             raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-4000:]}")
         return True
 
-    def start(self, timeout: float = 120) -> ControlPlane:
+    def start(self, timeout: float = 120, controllers: bool = True) -> ControlPlane:
+        """`controllers=False`: etcd and kube-apiserver only (no controller-manager,
+        scheduler or node simulator), for the QEMU guest, where every server costs
+        emulated CPU: pods are created bound, and ServiceAccounts by hand."""
         try:
-            self._start(timeout)
+            self._start(timeout, controllers)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _start(self, timeout: float) -> None:
+    def _start(self, timeout: float, controllers: bool) -> None:
         peer = free_port()
         self._spawn("etcd", [
             "--name", "test", "--data-dir", str(self.root / "etcd"),
@@ -206,6 +209,8 @@ class ControlPlane:
         wait_until(lambda: self._alive("etcd") and self._etcd_healthy(), timeout, "etcd")
         self.serving = self.pki.server("apiserver")
         self.start_apiserver(timeout)
+        if not controllers:
+            return
         kcm = self.pki.client("kube-controller-manager", "system:kube-controller-manager")
         sched = self.pki.client("kube-scheduler", "system:kube-scheduler")
         kcm_config = write_kubeconfig(self.root / "kcm.kubeconfig", self.url, self.pki.ca,

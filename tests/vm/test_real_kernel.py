@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,23 @@ def inner_pytest_argv(junit: Path) -> list[str]:
 
 
 def guest_env() -> dict[str, str]:
-    """The guest tests' own knobs (HEADROOM_CRASH_KILLS, _SEED), passed on from here."""
-    return {k: v for k, v in os.environ.items() if k.startswith("HEADROOM_CRASH_")}
+    """The guest tests' own knobs (HEADROOM_CRASH_KILLS, _SEED, HEADROOM_CONTROLPLANE),
+    passed on from here."""
+    return {k: v for k, v in os.environ.items()
+            if k.startswith("HEADROOM_CRASH_") or k == "HEADROOM_CONTROLPLANE"}
+
+
+def ensure_control_plane() -> None:
+    """The kubepods guest test runs the real etcd and kube-apiserver from the checkout's
+    cache: build them here (once per machine), where Go is."""
+    sys.path.insert(0, str(qemu_guest.CHECKOUT / "tests" / "controlplane"))
+    import build
+
+    if build.enabled():
+        try:
+            build.build()
+        except build.BuildFailed as exc:
+            pytest.fail(f"the control plane could not be built: {exc}", pytrace=False)
 
 
 @pytest.mark.parametrize("kernel", sorted(qemu_guest.KERNELS))
@@ -55,6 +71,7 @@ def test_guest_session(kernel: str) -> None:
         qemu_guest.ensure_kernel(kernel)
     except qemu_guest.KernelUnavailable as e:
         _unavailable(f"kernel {kernel}: {e}")
+    ensure_control_plane()
     with qemu_guest.shared_tmpdir() as shared:
         junit = shared / "junit.xml"
         try:

@@ -1,9 +1,11 @@
-"""Cluster mode on a real kernel (issue 4): the API-server emulator, `headroom operator`
-and `headroom agent` as processes inside the QEMU guest, over a kubepods hierarchy of
-real cgroups (systemd driver layout).
+"""Cluster mode on a real kernel and a real API server (issues 4 and 10): etcd and
+kube-apiserver (built by tests/controlplane/build.py, static, run from the checkout),
+`headroom operator` and `headroom agent` as processes inside the QEMU guest, over a
+kubepods hierarchy of real cgroups (systemd driver layout). No controller-manager,
+scheduler or kubelet: pods are created bound to the node.
 
 Node + two Burstable pods (a page-cache streaming pod and an idle pod) -> their cgroups
-made with the uids the emulator assigned -> kubectl apply of a policy -> the pods' real
+made with the uids the API server assigned -> kubectl apply of a policy -> the pods' real
 memory.high files hold the plan's values -> the streaming pod reads a file three times
 its memory.high and stays (nearly) clear of memory.high, compared with the same stream
 in a plain cgroup at the same memory.high without the agent -> the agent's status
@@ -15,17 +17,14 @@ Only loopback networking; everything the test starts is ended by PID at teardown
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,10 @@ from typing import Any
 import guest_support
 import pytest
 import yaml
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "controlplane"))
+import build
+from controlplane import ApiError, ControlPlane
 
 pytestmark = pytest.mark.slow
 
@@ -138,23 +141,25 @@ def drop_cache(file: pathlib.Path) -> None:
 
 
 class Processes:
-    """The emulator, operator and agent, each logging to a file; ended by PID."""
+    """etcd and kube-apiserver (the real ones, tests/controlplane, no controllers), the
+    operator and the agent, each logging to a file; ended by PID."""
 
     def __init__(self, tmp: pathlib.Path) -> None:
         self.tmp = tmp
-        self.kubeconfig = tmp / "kubeconfig"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.kubectl_bin = shutil.which("kubectl") or pytest.skip("kubectl is not installed")
-        with socket.socket() as sock:  # a free loopback port, known before the emulator runs
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.server = f"http://127.0.0.1:{self.port}"
-        self.kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "guest",
-            "clusters": [{"name": "guest", "cluster": {"server": self.server}}],
-            "users": [{"name": "guest", "user": {"token": "guest"}}],
-            "contexts": [{"name": "guest", "context": {"cluster": "guest", "user": "guest",
-                                                       "namespace": "default"}}]}))
+        if not build.enabled():
+            pytest.skip("HEADROOM_CONTROLPLANE=0: no real control plane")
+        bin_dir = build.bin_dir()
+        assert build.is_built(bin_dir), \
+            f"the control plane is not built in {bin_dir} (scripts/ensure-env builds it)"
+        # generating the PKI and starting the servers take guest time: the fixture
+        # starts them in `serve()`, beside the stream without the agent
+        self.plane = ControlPlane(bin_dir, tmp / "controlplane")
+        self.kubeconfig = self.plane.kubeconfig
+
+    def serve(self) -> None:
+        self.plane.start(timeout=600, controllers=False)
 
     def start(self, name: str, *argv: str) -> None:
         with (self.tmp / f"{name}.log").open("ab") as log:
@@ -173,18 +178,17 @@ class Processes:
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
         proc = subprocess.run([self.kubectl_bin, "--kubeconfig", str(self.kubeconfig), *args],
-                              input=input, capture_output=True, text=True, timeout=120)
+                              input=input, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
         return proc.stdout
 
     def read(self, api_path: str) -> dict[str, Any] | None:
-        """GET from the emulator directly: a kubectl start costs seconds of TCG CPU, which
-        a poll loop would take from the agent."""
+        """GET from the API server directly: a kubectl start costs seconds of TCG CPU,
+        which a poll loop would take from the agent."""
         try:
-            with urllib.request.urlopen(self.server + api_path, timeout=30) as resp:
-                return json.load(resp)  # type: ignore[no-any-return]
-        except urllib.error.HTTPError as e:
-            if e.code == 404:
+            return self.plane.admin.get(api_path)
+        except ApiError as e:
+            if e.status == 404:
                 return None
             raise
 
@@ -201,17 +205,20 @@ class Processes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        self.plane.stop()
 
 
 @pytest.fixture
 def procs(tmp_path: pathlib.Path, cgroup_root: pathlib.Path) -> Iterator[Processes]:
-    # the guest's loopback starts down; the emulator and its clients need it
+    # the guest's loopback starts down; the servers and their clients need it
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     p = Processes(tmp_path)
     yield p
     p.stop_all()
     for name in p.procs:
         print(f"---- {name} log (tail) ----\n{p.log(name)[-3000:]}")
+    for name in p.plane.procs:
+        print(f"---- {name} log (tail) ----\n{p.plane.log(name)[-2000:]}")
 
 
 @pytest.fixture
@@ -237,29 +244,44 @@ def test_agent_cluster_mode_on_real_kubepods(
         kubepods: pathlib.Path, make_cgroup: Callable[[str], pathlib.Path],
         stream_file: pathlib.Path, procs: Processes) -> None:
     phase = Phases()
-    # Emulator, operator and agent start together: their Python start-up takes a minute
-    # or more under TCG; the operator and the agent retry until the API server answers.
-    # Meanwhile the stream runs without the agent through a plain cgroup with the same
-    # memory.high (the kernel's own reclaim does not depend on spare CPU).
-    procs.start("emulator", sys.executable, str(ROOT / "tests/api/emulator.py"),
-                "--port", str(procs.port), "--crds", str(ROOT / "crds"))
-    procs.start("operator", "headroom", "operator", "--debounce", "0.2", "--max-delay", "2")
-    procs.start("agent", "headroom", "agent", "--node-name", NODE, "--cgroup-root", str(CGROUP),
-                "--state-dir", str(procs.tmp / "agent-state"), "--metrics-port", "0",
-                "--status-interval", "1", "--heartbeat-interval", "3")
+    # etcd and kube-apiserver start (minutes under TCG) while the stream runs without
+    # the agent through a plain cgroup with the same memory.high (the kernel's own
+    # reclaim does not depend on spare CPU); then the CRDs, the operator and the agent.
+    serving: list[BaseException | None] = []
+
+    def serve() -> None:
+        try:
+            procs.serve()
+            procs.plane.install_crds(ROOT / "crds")
+            serving.append(None)
+        except BaseException as exc:   # re-raised in the test's thread
+            serving.append(exc)
+    server_thread = threading.Thread(target=serve, name="control-plane")
+    server_thread.start()
     plain = make_cgroup("no-agent")
     (plain / "memory.high").write_text(str(HIGH))
     without = stream(plain, stream_file)
     phase(f"without agent: {without}")
     assert without.high_events > 0, "the stream never went over memory.high: no test"
+    server_thread.join(900)
+    assert serving, "the control plane did not start within 900 s"
+    if serving[0] is not None:
+        raise serving[0]
+    phase("etcd and kube-apiserver up, CRDs established")
+    procs.start("operator", "headroom", "operator", "--debounce", "0.2", "--max-delay", "2")
+    procs.start("agent", "headroom", "agent", "--node-name", NODE, "--cgroup-root", str(CGROUP),
+                "--state-dir", str(procs.tmp / "agent-state"), "--metrics-port", "0",
+                "--status-interval", "1", "--heartbeat-interval", "3")
 
     # Node, pods and policy; then the pods' cgroups with the uids the API server assigned.
-    wait_for(lambda: procs.alive("emulator") and "listening on" in procs.log("emulator"),
-             120, "the emulator listening")
+    # No controller-manager: the namespace's ServiceAccount, which pod admission wants,
+    # is made here.
     procs.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
         {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}},
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "default", "namespace": "default"}},
         _pod("stream-0"), _pod("idle-0"), POLICY]))
-    phase("emulator up; node, pods and policy applied")
+    phase("node, pods and policy applied")
     listed = procs.read("/api/v1/namespaces/default/pods") or {}
     pods = {p["metadata"]["name"]: p for p in listed["items"]}
     assert {p["status"]["qosClass"] for p in pods.values()} == {"Burstable"}
