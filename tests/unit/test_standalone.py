@@ -78,6 +78,10 @@ BAD = [
     ("cgroups: [{cgroup: '../x/*'}]", ["cgroups[0]", "'../x/*'", "cgroup"]),
     ("cgroups: [{cgroup: a, memoryHigh: lots}]", ["cgroups[0]", "'a'", "memoryHigh", "lots"]),
     ("cgroups: [{cgroup: a, memoryHigh: '150%'}]", ["memoryHigh", "150%"]),
+    # whole percent only, as the CRD's limitPercent
+    ("cgroups: [{cgroup: a, memoryHigh: '90.5%'}]", ["memoryHigh", "whole", "90.5%"]),
+    ("cgroups: [{cgroup: a, memoryHigh: '0%'}]", ["memoryHigh", "[1, 100]"]),
+    ("cgroups: [{cgroup: a, memoryHigh: '-5%'}]", ["memoryHigh", "whole"]),
     ("cgroups: [{cgroup: a, memoryHigh: 1Ki}]", ["memoryHigh", "at least"]),
     ("cgroups: [{cgroup: a, memroyHigh: 1Gi}]", ["cgroups[0]", "entry.memroyHigh", "unknown"]),
     ("cgroups: [{cgroup: a, dryRun: maybe}]", ["dryRun"]),

@@ -62,7 +62,7 @@ class Entry:
     index: int
     glob: str
     memory_high: int | None          # bytes
-    memory_high_percent: float | None  # of memory.max
+    memory_high_percent: int | None  # of memory.max, 1-100 as the CRD's limitPercent
     settings: ReclaimSettings
     dry_run: bool
 
@@ -71,10 +71,10 @@ class Entry:
         if self.memory_high_percent is None:
             return self.memory_high, ""
         if memory_max is None:
-            return None, f'memoryHigh "{self.memory_high_percent:g}%" needs a memory.max limit'
-        high = page_align_down(int(memory_max * self.memory_high_percent / 100))
+            return None, f'memoryHigh "{self.memory_high_percent}%" needs a memory.max limit'
+        high = page_align_down(memory_max * self.memory_high_percent // 100)
         if high < MIN_MEMORY_HIGH:
-            return None, (f'memoryHigh "{self.memory_high_percent:g}%" of memory.max '
+            return None, (f'memoryHigh "{self.memory_high_percent}%" of memory.max '
                           f"{memory_max} is below {MIN_MEMORY_HIGH} bytes")
         return high, ""
 
@@ -166,13 +166,13 @@ def _entry(index: int, e: Any, path: pathlib.Path) -> Entry:
     high, percent = None, None
     raw_high = e.get("memoryHigh")
     if isinstance(raw_high, str) and raw_high.strip().endswith("%"):
-        try:
-            percent = float(raw_high.strip()[:-1])
-        except ValueError:
-            raise fail("memoryHigh", f"not a percentage: {raw_high!r}") from None
-        if not 0.01 <= percent <= 100:   # (nan fails this too)
-            raise fail("memoryHigh",
-                       f"percent of memory.max must be in [0.01, 100], got {raw_high}")
+        digits = raw_high.strip()[:-1].strip()
+        # Whole percent, as the CRD's limitPercent (Kubernetes API conventions: no floats).
+        if not (digits.isascii() and digits.isdigit()):
+            raise fail("memoryHigh", f"not a whole percentage such as \"90%\": {raw_high!r}")
+        percent = int(digits)
+        if not 1 <= percent <= 100:
+            raise fail("memoryHigh", f"percent of memory.max must be in [1, 100], got {raw_high}")
     elif raw_high is not None:
         if isinstance(raw_high, bool):
             raise fail("memoryHigh", f"must be bytes or a quantity, got {raw_high!r}")
