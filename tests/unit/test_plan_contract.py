@@ -20,6 +20,8 @@ from headroom.api.plan import (
     validate_entry,
     validate_spec,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MI = 1 << 20
@@ -182,6 +184,98 @@ def test_validation_does_not_change_its_input() -> None:
     before = copy.deepcopy(raw)
     validate_entry(raw)
     assert raw == before
+
+
+# ---- the settings cache: checked once per distinct value, same answers -------------------
+
+def _fresh() -> None:
+    plan._SETTINGS.clear()
+
+
+@pytest.mark.parametrize("over", [
+    {"reclaim__headroomPercent": True},        # == 1, but not an integer
+    {"reclaim__livelockGuard": 1},             # == True, but not a boolean
+    {"dryRun": 0},                             # == False
+    {"reclaim__targetPercent": 10.0},          # == 10, a float
+    {"reclaim__headroomPercent": 10},          # not below targetPercent
+    {"reclaim__mode": "Sometimes"},
+    {"policy__kind": "Policy"},
+    {"policy__extra": "x"},
+    {"memoryHigh": 512 * MI + 1},              # per pod: not cached with the settings
+    {"uid": ""},
+    {"qosClass": "Gold"},
+    {"extra": 1},
+    {"memoryHigh": DELETE},
+])
+def test_a_cached_valid_setting_accepts_nothing_the_full_check_refuses(over: Any) -> None:
+    """What compares equal to valid settings (True == 1, 10.0 == 10) and per-pod fields
+    next to cached settings are still checked: same problems as without the cache."""
+    _fresh()
+    assert validate_entry(entry())[1] == ()
+    assert validate_entry(entry(reclaim__headroomPercent=1, reclaim__livelockGuard=True,
+                                dryRun=False))[1] == ()
+    bad = entry(**over)
+    got = validate_entry(bad)
+    assert got == plan._validate_full(bad) and got[0] is None
+    assert plan.entry_problems(bad) == got[1] != ()
+
+
+def test_a_policy_whose_settings_change_is_checked_again() -> None:
+    _fresh()
+    e = entry()
+    assert plan.entry_problems(e) == () and len(plan._SETTINGS) == 1
+    e["reclaim"]["targetPercent"] = 3       # changed in place: a new value, a new check
+    assert [p.path for p in plan.entry_problems(e)] == ["reclaim.targetPercent"]
+    e["reclaim"]["targetPercent"] = 20
+    got, problems = validate_entry(e)
+    assert problems == () and got is not None and got.reclaim.target_percent == 20
+    assert len(plan._SETTINGS) == 2
+
+
+def test_cached_entries_are_the_full_checks_entries() -> None:
+    _fresh()
+    first = validate_entry(entry(uid="a", dryRun=DELETE, reclaim={"mode": "Off"}))
+    again = validate_entry(entry(uid="b", name="web-1", dryRun=DELETE,
+                                 reclaim={"mode": "Off"}))
+    assert len(plan._SETTINGS) == 1
+    assert again == plan._validate_full(entry(uid="b", name="web-1", dryRun=DELETE,
+                                              reclaim={"mode": "Off"}))
+    assert again[0] is not None and first[0] is not None
+    assert again[0].reclaim is first[0].reclaim and again[0].dry_run is False
+
+
+_FIELDS = ["uid", "name", "qosClass", "memoryHigh", "dryRun", "extra", "policy__kind",
+           "policy__namespace", "policy__name", "reclaim__mode", "reclaim__headroomPercent",
+           "reclaim__targetPercent", "reclaim__stepBytes", "reclaim__livelockGuard",
+           "reclaim__swappiness", "reclaim__extra"]
+_VALUES = [DELETE, True, False, 0, 1, 5, 10, 10.0, 4096, 16 * MI, 512 * MI, "x", "Off",
+           "Burstable", "MemoryReclaimPolicy", "", None, [1], {"a": 1}]
+
+
+def _present(path: str) -> bool:
+    parent, _, leaf = path.rpartition("__")
+    base = entry()
+    return leaf in (base[parent] if parent else base)
+
+
+@given(st.lists(st.lists(st.tuples(st.sampled_from(_FIELDS), st.sampled_from(_VALUES)),
+                         max_size=3), min_size=1, max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_the_cache_never_changes_an_answer(entries: list[list[tuple[str, Any]]]) -> None:
+    """Random entries near valid ones, one after the other (warming the cache with
+    whatever settings they carry): each gets exactly the full check's answer."""
+    _fresh()
+    for over in entries:
+        raw = entry(**{k: v for k, v in over if v is not DELETE or _present(k)})
+        assert validate_entry(raw) == plan._validate_full(raw), over
+        assert plan.entry_problems(raw) == plan._validate_full(raw)[1], over
+
+
+def test_the_cache_is_bounded() -> None:
+    _fresh()
+    for i in range(plan._SETTINGS_MAX + 10):
+        assert plan.entry_problems(entry(policy__name=f"p{i}")) == ()
+    assert len(plan._SETTINGS) <= plan._SETTINGS_MAX
 
 
 # ---- one source: the CRD carries the module's bounds ------------------------------------

@@ -249,11 +249,77 @@ def _check_object(raw: Any, known: set[str], path: str, problems: list[Problem])
     return True
 
 
+# The policy-level part of valid entries (dryRun, policy, reclaim: the same for every pod
+# of a policy), checked once per distinct value: key (see _settings_key) -> what
+# validate_entry makes of it. Only valid combinations are kept; anything else takes the
+# full check, so problems and their order are always the full check's.
+_SETTINGS: dict[tuple[Any, ...], tuple[bool, PlanPolicyRef, PlanReclaim]] = {}
+_SETTINGS_MAX = 4096
+_TOP_FIELDS = frozenset(k.split(".")[0] for k in ENTRY_BOUNDS)
+_POD_FIELDS = tuple((k, ENTRY_BOUNDS[k]) for k in ("uid", "namespace", "name", "qosClass",
+                                                   "memoryHigh"))
+_NO_DRY_RUN = object()
+_PLAIN = frozenset((str, int, bool))     # JSON's scalars as plans carry them (no floats)
+
+
+def _settings_key(raw: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The entry's dryRun, policy and reclaim as a hashable value that tells apart what
+    compares equal but validates differently (True and 1: the exact type of every value
+    is part of it). None unless they are dicts of str, int and bool values."""
+    policy, reclaim = raw.get("policy"), raw.get("reclaim")
+    if type(policy) is not dict or type(reclaim) is not dict:
+        return None
+    dry = raw.get("dryRun", _NO_DRY_RUN)
+    types = tuple(map(type, policy.values())), tuple(map(type, reclaim.values()))
+    if (type(dry) is not bool and dry is not _NO_DRY_RUN) \
+            or not _PLAIN.issuperset(types[0]) or not _PLAIN.issuperset(types[1]):
+        return None
+    return (type(dry), dry, tuple(policy.items()), types[0], tuple(reclaim.items()), types[1])
+
+
+def _known_valid(raw: Any) -> tuple[bool, PlanPolicyRef, PlanReclaim] | None:
+    """(dry run, policy, reclaim) of a valid entry whose settings were seen valid before,
+    or None (not known to be valid: the full check decides). Never accepts what the full
+    check refuses: every per-pod field is checked by its bound, the rest was checked in
+    full for settings of the same value and types."""
+    if type(raw) is not dict or not raw.keys() <= _TOP_FIELDS:
+        return None
+    key = _settings_key(raw)
+    known = None if key is None else _SETTINGS.get(key)
+    if known is None:
+        return None
+    for path, bound in _POD_FIELDS:
+        if path not in raw or bound.problem(raw[path]) is not None:
+            return None
+    return known
+
+
 def validate_entry(raw: Any) -> tuple[PlanEntry | None, tuple[Problem, ...]]:
     """A raw plan pod entry -> (PlanEntry, ()) or (None, problems). Never raises.
 
     Unknown fields are problems too: the server prunes them, so an entry that has them
-    was not written through the server (or was written by something else)."""
+    was not written through the server (or was written by something else).
+
+    The policy-level fields (dryRun, policy, reclaim) are checked once per distinct
+    value (by value and exact type, not by identity: a policy whose settings change is
+    checked again); the per-pod fields of every entry are always checked."""
+    known = _known_valid(raw)
+    if known is not None:
+        return PlanEntry(uid=raw["uid"], namespace=raw["namespace"], name=raw["name"],
+                         qos_class=raw["qosClass"], memory_high=raw["memoryHigh"],
+                         dry_run=known[0], policy=known[1], reclaim=known[2]), ()
+    entry, problems = _validate_full(raw)
+    if entry is not None:
+        key = _settings_key(raw)
+        if key is not None:
+            if len(_SETTINGS) >= _SETTINGS_MAX:
+                _SETTINGS.clear()
+            _SETTINGS[key] = (entry.dry_run, entry.policy, entry.reclaim)
+    return entry, problems
+
+
+def _validate_full(raw: Any) -> tuple[PlanEntry | None, tuple[Problem, ...]]:
+    """validate_entry without the cache: every field of the entry checked."""
     problems: list[Problem] = []
     top = {k.split(".")[0] for k in ENTRY_BOUNDS}
     if not _check_object(raw, top, "", problems):
@@ -359,6 +425,8 @@ def validate_spec(raw: Any) -> SpecCheck:
 
 def entry_problems(raw: Any) -> tuple[Problem, ...]:
     """Shorthand for the operator's check before a write: () when the entry is valid."""
+    if _known_valid(raw) is not None:
+        return ()
     return validate_entry(raw)[1]
 
 
