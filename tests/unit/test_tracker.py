@@ -443,3 +443,99 @@ def test_a_resync_starts_over_and_frees_the_old_state() -> None:
     del tracker
     gc.collect()
     assert old() is None
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[Any]:
+    calls: list[Any] = []
+    real = getattr(module, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_a_pod_event_recounts_only_its_nodes_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A policy over many nodes: a pod event patches that node's line and the policy's
+    totals (no node_summary of the other nodes, no status from all lines), and the
+    status is the full round's (at the fixed point)."""
+    from headroom.controller import status as status_mod
+    from headroom.controller import tracker as tracker_mod
+
+    world = World()
+    _cluster(world, nodes=12, per_node=2)
+    world.settle()
+    world.server.agents_report(0)        # outcomes on every node: enforced counts
+    world.settle()
+    _at_fixed_point(world, "start")
+    summaries = _counting(monkeypatch, status_mod, "node_summary")
+    from_nodes = _counting(monkeypatch, status_mod, "status_from_nodes")
+    checks = _counting(monkeypatch, tracker_mod.plan_contract, "entry_problems")
+    before = len(world.server.writes)
+    world.event("pods", "ADDED", mk_pod("web-5-9", node="n5"))
+    world.settle()
+    assert world.server.writes[before:] == [("replace", "n5"), ("status", "web")]
+    assert {args[0] for args in summaries} <= {"n5"}
+    assert from_nodes == []
+    assert len(checks) == 1                  # the new entry alone
+    _at_fixed_point(world, "new pod")
+    status = world.caches["policies"]._objects[("default", "web")]["status"]
+    assert status["nodeCount"] == 12 and status["matchedPods"] == 25
+    # an agent's status on one node: that node's lines are counted again, no other
+    del summaries[:]
+    plan = world.server.plans["n3"]
+    pods = [{"uid": e["uid"], "applied": True, "memoryHigh": e["memoryHigh"]}
+            for e in plan["spec"]["pods"]]
+    obj = {**plan, "status": {"pods": pods},
+           "metadata": {**plan["metadata"], "resourceVersion": world.server.next_rv()}}
+    world.server.plans["n3"] = obj
+    world.caches["plans"].apply("MODIFIED", slim_plan(obj))
+    world.settle()
+    assert {args[0] for args in summaries} == {"n3"}
+    _at_fixed_point(world, "agent on n3")
+
+
+def test_status_lines_are_patched_as_a_recount_would_give(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After pod and policy events and agents' reports, every policy's lines, totals
+    and listing order are what counting every node's desired spec again gives."""
+    from headroom.controller import status as status_mod
+
+    world = World()
+    _cluster(world, nodes=6, per_node=3)
+    world.settle()
+    steps = [("pods", mk_pod("web-1-0", node="n1", labels={"app": "db"})),
+             ("agents", None),
+             ("policies", mk_policy("web-hi", priority=5)),
+             ("pods", mk_pod("web-4-7", node="n4")),
+             ("agents", None),
+             ("pods", mk_pod("web-2-1", node="n5"))]
+    for kind, obj in steps:
+        if kind == "agents":
+            world.server.agents_report(len(world.server.writes))
+            world.server.flush()
+        else:
+            world.event(kind, "ADDED", obj)
+        world.settle()
+        _at_fixed_point(world, (kind, obj))
+        tracker = world.reconciler.tracker
+        assert tracker is not None
+        want: dict[str, dict[str, dict[str, Any]]] = {}
+        for node, spec in tracker._desired.items():
+            outcomes = status_mod.plan_outcomes({node: tracker.plan_objs[node]}) \
+                if node in tracker.plan_objs else {}
+            grouped: dict[str, list[Any]] = {}
+            for e in spec.get("pods") or ():
+                grouped.setdefault(tracker._entry_key(e), []).append(e)
+            for key, entries in grouped.items():
+                want.setdefault(key, {})[node] = status_mod.node_summary(node, entries,
+                                                                         outcomes)
+        assert tracker._summaries == want
+        for key, lines in want.items():
+            totals = tracker._totals[key]
+            assert totals.planned == sum(n["pods"] for n in lines.values())
+            assert totals.enforced == sum(n["enforced"] for n in lines.values())
+            assert totals.order == sorted(map(status_mod.listing_order, lines.values()))
+        assert tracker._totals.keys() == want.keys()

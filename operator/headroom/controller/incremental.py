@@ -24,6 +24,7 @@ Not thread-safe: one thread applies events and reads plans.
 
 from __future__ import annotations
 
+import operator
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -75,19 +76,21 @@ class _PolicyState:
     selected: set[int] = field(default_factory=set)       # eligible pods it selects
     won: int = 0                                          # matched_pods
     nodes: dict[str, int] = field(default_factory=dict)   # node -> planned pods
+    planned: int = 0                                      # sum of nodes' values
     skipped: dict[int, SkippedPod] = field(default_factory=dict)
     rivals: dict[_PolicyState, int] = field(default_factory=dict)  # conflict -> pods causing it
     policy_dict: dict[str, str] = field(default_factory=dict)
     reclaim: dict[str, Any] = field(default_factory=dict)
 
-    def report(self) -> PolicyReport:
+    def report(self, nodes: bool = True) -> PolicyReport:
         rep = PolicyReport(self.ref, generation=self.generation, valid=self.valid,
                            reason=self.reason, message=self.message)
         if self.policy is not None:
             rep.dry_run, rep.mode = self.policy.dry_run, self.policy.reclaim.mode
         rep.matched_pods = self.won
-        rep.planned_pods = sum(self.nodes.values())
-        rep.nodes = dict(sorted(self.nodes.items()))
+        rep.planned_pods = self.planned
+        if nodes:
+            rep.nodes = dict(sorted(self.nodes.items()))
         rep.skipped = sorted(self.skipped.values())
         rep.shadowed_pods = len(self.selected) - self.won
         rep.conflicts = sorted(r.ref for r in self.rivals)
@@ -401,9 +404,16 @@ class IncrementalResolver:
     def policy_refs(self) -> list[PolicyRef]:
         return sorted(self._policies)
 
-    def report(self, ref: PolicyRef) -> PolicyReport | None:
+    def report(self, ref: PolicyRef, nodes: bool = True) -> PolicyReport | None:
+        """resolve()'s PolicyReport of the policy; without `nodes` (O(its nodes)) its
+        `nodes` is left empty (for callers that keep their own per-node counts)."""
         state = self._policies.get(ref)
-        return None if state is None else state.report()
+        return None if state is None else state.report(nodes)
+
+    def valid(self, ref: PolicyRef) -> bool | None:
+        """Whether the policy is valid (None: not known)."""
+        state = self._policies.get(ref)
+        return None if state is None else state.valid
 
     def resolution(self) -> Resolution:
         """Everything, as resolve() returns it (for tests and comparisons)."""
@@ -608,6 +618,7 @@ class IncrementalResolver:
                 del old_w.skipped[i]
             elif pod.entry is not None:
                 _dec(old_w.nodes, pod.placed)
+                old_w.planned -= 1
                 node_entries = self._entries.get(pod.placed)
                 if node_entries is not None:
                     del node_entries[i]
@@ -625,6 +636,7 @@ class IncrementalResolver:
             new_w.skipped[i] = skip
         elif entry is not None:
             new_w.nodes[node] = new_w.nodes.get(node, 0) + 1
+            new_w.planned += 1
             self._entries[node][i] = ((pod.ns, pod.name, pod.uid), entry, budget)
             self._dirty_nodes.add(node)
         for r in rivals or ():
@@ -634,8 +646,7 @@ class IncrementalResolver:
         dirty_p.add(new_w)
 
 
-def _first(item: tuple[Any, ...]) -> Any:
-    return item[0]
+_first = operator.itemgetter(0)
 
 
 def _dec(counts: dict[Any, int], key: Any) -> None:

@@ -104,11 +104,26 @@ def status_from_nodes(report: PolicyReport, nodes: list[dict[str, Any]],
                       previous: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
     """The whole `.status` of one policy from its node_summary() lines (sorted by node),
     so that an incremental caller recomputes only the lines of nodes that changed."""
-    enforced_total = sum(n["enforced"] for n in nodes)
-    planned_total = sum(n["pods"] for n in nodes)
+    return status_from_totals(report, sum(n["enforced"] for n in nodes),
+                              sum(n["pods"] for n in nodes), len(nodes),
+                              sorted(nodes, key=listing_order)[:MAX_NODES_LISTED],
+                              previous, now)
+
+
+def listing_order(line: Mapping[str, Any]) -> tuple[int, int, str]:
+    """Which node lines `.status.nodes` lists: the first MAX_NODES_LISTED in this order
+    (most behind, then most pods, then by name)."""
+    return (line["enforced"] - line["pods"], -line["pods"], line["node"])
+
+
+def status_from_totals(report: PolicyReport, enforced_total: int, planned_total: int,
+                       node_count: int, listed: list[Mapping[str, Any]],
+                       previous: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
+    """status_from_nodes() from what it reads of the lines: the sums of their `enforced`
+    and `pods`, their number, and the first MAX_NODES_LISTED by listing_order() (any
+    order), for a caller that keeps those up to date instead of all lines."""
     # bounded: the MAX_NODES_LISTED nodes most behind (then with most pods), by name
-    listed = sorted(nodes, key=lambda n: (n["enforced"] - n["pods"], -n["pods"], n["node"]))
-    listed = sorted(listed[:MAX_NODES_LISTED], key=lambda n: n["node"])
+    listed = sorted(listed, key=lambda n: n["node"])
     prev_conditions = {c.get("type"): c for c in (previous or {}).get("conditions") or ()}
     gen = report.generation
     ready = _ready(report, planned_total, enforced_total)
@@ -120,7 +135,7 @@ def status_from_nodes(report: PolicyReport, nodes: list[dict[str, Any]],
         "matchedPods": report.matched_pods,
         "enforcedPods": enforced_total,
         "skippedPods": len(report.skipped),
-        "nodeCount": len(nodes),
+        "nodeCount": node_count,
         "nodes": [dict(n) for n in listed],
         "skipped": [{"namespace": s.pod.namespace, "name": s.pod.name, "node": s.node,
                      "reason": s.reason, "message": s.message}

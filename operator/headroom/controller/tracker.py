@@ -23,6 +23,7 @@ Not thread-safe: the reconciler calls it from one round at a time.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -72,12 +73,19 @@ class PlanTracker:
         self._keys: dict[PolicyRef, str] = {}                 # ref -> canonical ref
         self._entry_keys: dict[Any, str] = {}                 # policy items -> canonical
         self._generations: dict[str, int | None] = {}         # canonical ref -> generation
-        # node -> uid -> (entry, its contract problems): an entry the resolver kept (the
-        # same object) is not checked again
-        self._checked: dict[str, dict[str, tuple[Any, list[str]]]] = {}
+        # node -> (its resolved spec's pods, id -> entry of them, id -> (entry, contract
+        # problems) of those with problems): an entry the resolver kept (the same
+        # object) is not checked again
+        self._checked: dict[str, tuple[Any, dict[int, Any], dict[int, tuple[Any, Any]]]] = {}
+        self._desired_ids: dict[str, dict[int, Any]] = {}     # node -> _by_id(its pods)
         self._desired: dict[str, dict[str, Any]] = {}         # node -> spec last decided
-        self._by_policy: dict[str, set[str]] = {}             # canonical ref -> nodes
-        self._summaries: dict[str, dict[str, dict[str, Any]]] = {}   # ref -> node -> line
+        # canonical ref -> node -> its status line there (status.node_summary), for the
+        # nodes where _desired gives it entries; and per ref their sums and listing order
+        self._summaries: dict[str, dict[str, dict[str, Any]]] = {}
+        self._totals: dict[str, _Totals] = {}
+        # node -> (the plan's status object, status.plan_outcomes of it) that its lines
+        # were computed with
+        self._outcomes: dict[str, tuple[Any, dict[tuple[str, str], Any]]] = {}
         self._node_bad: dict[str, dict[str, str]] = {}        # node -> ref -> why
         self._invalid: set[str] = set()                       # refs of invalid policies
         self._bad: Bad = {}
@@ -126,8 +134,15 @@ class PlanTracker:
                 if obj is not None and desired is not None and obj.get("spec") == desired:
                     # the echo of our write, or an agent's status: the plan stands, only
                     # the policies' status lines of that node may change
-                    if (old or {}).get("status") != obj.get("status"):
+                    status = obj.get("status")
+                    if (old or {}).get("status") != status:
                         self._lines.add(name)
+                    else:
+                        seen = self._outcomes.get(name)
+                        if seen is not None and old is not None \
+                                and seen[0] is old.get("status"):
+                            # the same outcomes: the lines stand (and need no recount)
+                            self._outcomes[name] = (status, seen[1])
                 else:
                     self._nodes.add(name)
             elif kind == "nodes":
@@ -214,11 +229,10 @@ class PlanTracker:
         lines, self._lines = self._lines, set()
         for ref in policies:             # validity: freeze_invalid keeps their entries
             key = self.key(ref)
-            report = self.resolver.report(ref)
-            invalid = report is not None and not report.valid
+            invalid = self.resolver.valid(ref) is False
             if invalid != (key in self._invalid):
                 self._invalid.symmetric_difference_update({key})
-                nodes |= self._by_policy.get(key, set())
+                nodes |= self._summaries.get(key, {}).keys()
         current: dict[str, dict[str, Any] | None] = {}
         raw: dict[str, dict[str, Any]] = {}
         self._resolve_nodes(nodes, known_spec, current, raw)
@@ -227,7 +241,7 @@ class PlanTracker:
         changed = moved | {k for k in bad.keys() & self._bad.keys() if bad[k] != self._bad[k]}
         more: set[str] = set()
         for key in moved:
-            more |= self._by_policy.get(key, set())
+            more |= self._summaries.get(key, {}).keys()
             ref = self._refs.get(key)
             if ref is not None:
                 more |= self.resolver.policy_nodes(ref)
@@ -253,7 +267,7 @@ class PlanTracker:
         events: list[tuple[dict[str, Any], str, str]] = []
         for ref in sorted(policies):
             obj = self.policy_objs.get(ref)
-            report = self.resolver.report(ref)
+            report = self.resolver.report(ref, nodes=False)
             if obj is None or report is None:
                 continue
             key = self.key(ref)
@@ -262,8 +276,11 @@ class PlanTracker:
                 report.reason, report.message = bad[key]
             previous = known_status(ref)
             lines = self._summaries.get(key, {})
-            new = status_mod.status_from_nodes(report, [lines[n] for n in sorted(lines)],
-                                               previous, now)
+            totals = self._totals.get(key) or _NO_TOTALS
+            new = status_mod.status_from_totals(
+                report, totals.enforced, totals.planned, len(lines),
+                [lines[n] for _, _, n in totals.order[:status_mod.MAX_NODES_LISTED]],
+                previous, now)
             # compared as JSON values: the canonical JSON of a status with thousands of
             # node lines is what a round would otherwise spend most of its time on
             if new != previous:
@@ -300,21 +317,32 @@ class PlanTracker:
                 self._node_bad[node] = found
 
     def _check(self, node: str, spec: Mapping[str, Any]) -> dict[str, str]:
-        """plans.check_entries of one node, checking only entries not seen before."""
-        memo = self._checked.get(node, {})
-        fresh: dict[str, tuple[Any, list[str]]] = {}
+        """plans.check_entries of one node, checking only entries not seen before (by
+        identity: an entry the resolver kept is the same object)."""
+        pods = spec.get("pods") or ()
+        seen = self._checked.get(node)
+        ids = _by_id(pods)
+        problems: dict[int, tuple[Any, Any]] = {}       # id -> (entry, its problems)
+        if seen is None:
+            fresh = ids.values()
+        else:
+            _, old_ids, old_problems = seen
+            fresh = [ids[i] for i in ids.keys() - old_ids.keys()]
+            if old_problems:
+                problems = {i: p for i, p in old_problems.items() if i in ids}
+        for entry in fresh:
+            found = plan_contract.entry_problems(entry)
+            if found:
+                problems[id(entry)] = (entry, found)
+        # (the entries stay alive in `ids`: its keys stay their ids)
+        self._checked[node] = (pods, ids, problems)
         bad: dict[str, str] = {}
-        for entry in spec.get("pods") or ():
-            uid = entry.get("uid") if type(entry) is dict else None
-            hit = memo.get(uid) if isinstance(uid, str) else None
-            problems = hit[1] if hit is not None and hit[0] is entry \
-                else plan_contract.entry_problems(entry)
-            if isinstance(uid, str):
-                fresh[uid] = (entry, problems)
-            if problems:
-                key, why = plans_mod.out_of_bounds(node, entry, problems[0])
-                bad.setdefault(key, why)
-        self._checked[node] = fresh
+        if problems:
+            for entry in pods:               # the first problem per policy, in spec order
+                hit = problems.get(id(entry))
+                if hit is not None:
+                    key, why = plans_mod.out_of_bounds(node, entry, hit[1][0])
+                    bad.setdefault(key, why)
         return bad
 
     def _global_bad(self, rejected: Mapping[str, str]) -> Bad:
@@ -329,33 +357,98 @@ class PlanTracker:
 
     def _set_desired(self, node: str, spec: dict[str, Any] | None) -> set[PolicyRef]:
         """Record the node's decided spec and its policies' status lines there; the
-        policies whose line changed (their status is to be judged again)."""
+        policies whose line changed (their status is to be judged again).
+
+        The lines are patched with the entries that came and went (by identity: the
+        resolver keeps an unchanged pod's entry object), unless the agent's outcomes
+        for the node changed since they were counted: then they are counted again."""
         old = self._desired.pop(node, None)
         if spec is not None:
             self._desired[node] = spec
+        plan = self.plan_objs.get(node)
+        status = None if plan is None else plan.get("status")
+        seen = self._outcomes.get(node)
+        if seen is not None and seen[0] is status:
+            outcomes, same = seen[1], True
+        else:
+            outcomes = status_mod.plan_outcomes({node: plan}) if plan is not None else {}
+            same = outcomes == (seen[1] if seen is not None else {})
+        if spec is None and plan is None:
+            self._outcomes.pop(node, None)
+        else:
+            self._outcomes[node] = (status, outcomes)
+        old_pods = (old or {}).get("pods") or ()
+        new_pods = (spec or {}).get("pods") or ()
+        old_ids = self._desired_ids.pop(node, None)
+        if old_ids is None or len(old_ids) != len(old_pods):
+            old_ids = _by_id(old_pods)
+        checked = self._checked.get(node)
+        # the resolved spec as checked this round (no entry frozen or quarantined)
+        new_ids = checked[1] if checked is not None and checked[0] is new_pods \
+            else _by_id(new_pods)
+        if spec is not None:
+            self._desired_ids[node] = new_ids
         key_of = self._entry_key
-        by_policy: dict[str, list[Mapping[str, Any]]] = {}
-        for entry in (spec or {}).get("pods") or ():
-            by_policy.setdefault(key_of(entry), []).append(entry)
-        touched: set[PolicyRef] = set()
-        before = {key_of(e) for e in (old or {}).get("pods") or ()}
-        outcomes = status_mod.plan_outcomes({node: self.plan_objs[node]}) \
-            if node in self.plan_objs else {}
-        for key in before - by_policy.keys():
-            self._drop_line(key, node)
-            ref = self._refs.get(key)
-            if ref is not None:
-                touched.add(ref)
-        for key, entries in by_policy.items():
-            self._by_policy.setdefault(key, set()).add(node)
-            line = status_mod.node_summary(node, entries, outcomes)
-            lines = self._summaries.setdefault(key, {})
-            if lines.get(node) != line:
-                lines[node] = line
-                ref = self._refs.get(key)
-                if ref is not None:
-                    touched.add(ref)
-        return touched
+        touched: set[str] = set()
+        if not same or len(old_ids) != len(old_pods) or len(new_ids) != len(new_pods):
+            # counted again from the spec, as status.node_summary of each policy's entries
+            by_policy: dict[str, list[Any]] = {}
+            for entry in new_pods:
+                by_policy.setdefault(key_of(entry), []).append(entry)
+            for key in {key_of(e) for e in old_pods} - by_policy.keys():
+                if self._set_line(key, node, None):
+                    touched.add(key)
+            for key, entries in by_policy.items():
+                if self._set_line(key, node, status_mod.node_summary(node, entries, outcomes)):
+                    touched.add(key)
+        else:
+            deltas: dict[str, tuple[list[Any], list[Any]]] = {}
+            for i in old_ids.keys() - new_ids.keys():
+                entry = old_ids[i]
+                deltas.setdefault(key_of(entry), ([], []))[0].append(entry)
+            for i in new_ids.keys() - old_ids.keys():
+                entry = new_ids[i]
+                deltas.setdefault(key_of(entry), ([], []))[1].append(entry)
+            for key, (gone, came) in deltas.items():
+                line = self._summaries.get(key, {}).get(node)
+                pods = len(came) - len(gone)
+                enforced = 0
+                if outcomes:
+                    enforced = (status_mod.node_summary(node, came, outcomes)["enforced"]
+                                - status_mod.node_summary(node, gone, outcomes)["enforced"])
+                if line is not None:
+                    pods += line["pods"]
+                    enforced += line["enforced"]
+                new = {"node": node, "pods": pods, "enforced": enforced} if pods else None
+                if self._set_line(key, node, new):
+                    touched.add(key)
+        refs = self._refs
+        return {refs[k] for k in touched if k in refs}
+
+    def _set_line(self, key: str, node: str, line: dict[str, Any] | None) -> bool:
+        """Set (None: drop) the policy's status line on the node, keeping its totals and
+        listing order; whether it changed."""
+        lines = self._summaries.get(key)
+        old = None if lines is None else lines.get(node)
+        if old == line:
+            return False
+        totals = self._totals.get(key)
+        if totals is None:
+            totals = self._totals[key] = _Totals()
+        if old is not None:
+            totals.remove(old)
+        if line is not None:
+            totals.add(line)
+            if lines is None:
+                lines = self._summaries[key] = {}
+            lines[node] = line
+        else:
+            assert lines is not None
+            del lines[node]
+            if not lines:
+                del self._summaries[key]
+                del self._totals[key]
+        return True
 
     def _entry_key(self, entry: Mapping[str, Any]) -> str:
         """canonical(entry["policy"]), memoized by the policy's items."""
@@ -372,14 +465,33 @@ class PlanTracker:
                 self._entry_keys[items] = key
         return key
 
-    def _drop_line(self, key: str, node: str) -> None:
-        nodes = self._by_policy.get(key)
-        if nodes is not None:
-            nodes.discard(node)
-            if not nodes:
-                del self._by_policy[key]
-        lines = self._summaries.get(key)
-        if lines is not None:
-            lines.pop(node, None)
-            if not lines:
-                del self._summaries[key]
+
+class _Totals:
+    """A policy's status lines summed up, and their keys in status.listing_order: what
+    status.status_from_totals needs, patched per line instead of recounted."""
+
+    __slots__ = ("enforced", "order", "planned")
+
+    def __init__(self) -> None:
+        self.enforced = 0
+        self.planned = 0
+        self.order: list[tuple[int, int, str]] = []     # sorted listing_order keys
+
+    def add(self, line: Mapping[str, Any]) -> None:
+        self.enforced += line["enforced"]
+        self.planned += line["pods"]
+        bisect.insort(self.order, status_mod.listing_order(line))
+
+    def remove(self, line: Mapping[str, Any]) -> None:
+        self.enforced -= line["enforced"]
+        self.planned -= line["pods"]
+        at = bisect.bisect_left(self.order, status_mod.listing_order(line))
+        del self.order[at]
+
+
+_NO_TOTALS = _Totals()
+
+
+def _by_id(entries: Iterable[Any]) -> dict[int, Any]:
+    """id -> entry (fewer keys than entries: the same object listed twice)."""
+    return dict(zip(map(id, entries), entries, strict=False))
