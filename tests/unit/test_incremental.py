@@ -13,6 +13,7 @@ for CI); e.g. HEADROOM_PROPERTY_EXAMPLES=5000 for a long run.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -138,12 +139,19 @@ def _full(world: dict[str, dict[tuple[str, str], dict[str, Any]]]) -> Resolution
                    objs("namespaces"), nodes=objs("nodes"))
 
 
+def _unshadowed(report: Any, shadowed: bool) -> Any:
+    """The report as take_dirty(shadowed) answers for it."""
+    if report is None or shadowed:
+        return report
+    return dataclasses.replace(report, shadowed_pods=0)
+
+
 def check_sequence(events: list[tuple[str, str, dict[str, Any]]]) -> None:
     world: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
         k: {} for k in ("policies", "cluster_policies", "pods", "namespaces", "nodes")}
     inc = IncrementalResolver()
     before = _full(world)
-    for kind, type_, obj in events:
+    for step, (kind, type_, obj) in enumerate(events):
         key = _key(kind, obj)
         if type_ == "DELETED":
             if key not in world[kind]:
@@ -156,11 +164,14 @@ def check_sequence(events: list[tuple[str, str, dict[str, Any]]]) -> None:
         got = inc.resolution()
         assert got.plans == want.plans, (kind, type_, obj)
         assert got.policies == want.policies, (kind, type_, obj)
-        nodes, policies = inc.take_dirty()
+        # every other step without the policies whose report differs in shadowed_pods alone
+        shadowed = step % 2 == 0
+        nodes, policies = inc.take_dirty(shadowed=shadowed)
         changed_nodes = {n for n in {*want.plans, *before.plans}
                          if want.plans.get(n) != before.plans.get(n)}
         changed_policies = {r for r in {*want.policies, *before.policies}
-                            if want.policies.get(r) != before.policies.get(r)}
+                            if _unshadowed(want.policies.get(r), shadowed)
+                            != _unshadowed(before.policies.get(r), shadowed)}
         assert changed_nodes <= nodes, (kind, type_, obj)
         assert changed_policies <= policies, (kind, type_, obj)
         before = want
@@ -253,3 +264,25 @@ def test_priority_change_moves_pods_and_conflicts() -> None:
         ("policies", "DELETED", pol("x", 0)),
         ("nodes", "DELETED", {"metadata": {"name": "n1"}}),
     ])
+
+
+def test_a_rival_is_dirty_when_its_conflicts_change_and_shadowed_pods_apart() -> None:
+    """Two policies of equal precedence: the first pod they both select makes them
+    rivals (both dirty); a second only changes the loser's shadowed_pods, which
+    take_dirty(shadowed=False) leaves out and take_dirty() reports."""
+    from test_resolve import mk_pod, mk_policy
+
+    inc = IncrementalResolver()
+    inc.apply("nodes", "ADDED", {"metadata": {"name": "n1"}})
+    inc.apply("policies", "ADDED", mk_policy("a"))
+    inc.apply("policies", "ADDED", mk_policy("b"))
+    inc.take_dirty()
+    a, b = (r for r in inc.policy_refs())
+    inc.apply("pods", "ADDED", mk_pod("web-0", node="n1"))
+    assert inc.take_dirty(shadowed=False)[1] == {a, b}
+    assert inc.report(b).conflicts == [a]        # type: ignore[union-attr]
+    inc.apply("pods", "ADDED", mk_pod("web-1", node="n1"))
+    assert inc.take_dirty(shadowed=False)[1] == {a}
+    inc.apply("pods", "ADDED", mk_pod("web-2", node="n1"))
+    assert inc.take_dirty()[1] == {a, b}
+    assert inc.report(b).shadowed_pods == 3      # type: ignore[union-attr]

@@ -24,6 +24,7 @@ Not thread-safe: one thread applies events and reads plans.
 
 from __future__ import annotations
 
+import bisect
 import operator
 import sys
 from collections.abc import Iterable, Mapping
@@ -78,6 +79,7 @@ class _PolicyState:
     nodes: dict[str, int] = field(default_factory=dict)   # node -> planned pods
     planned: int = 0                                      # sum of nodes' values
     skipped: dict[int, SkippedPod] = field(default_factory=dict)
+    skipped_sorted: list[SkippedPod] | None = None        # sorted(skipped.values()), kept
     rivals: dict[_PolicyState, int] = field(default_factory=dict)  # conflict -> pods causing it
     policy_dict: dict[str, str] = field(default_factory=dict)
     reclaim: dict[str, Any] = field(default_factory=dict)
@@ -91,7 +93,10 @@ class _PolicyState:
         rep.planned_pods = self.planned
         if nodes:
             rep.nodes = dict(sorted(self.nodes.items()))
-        rep.skipped = sorted(self.skipped.values())
+        if self.skipped_sorted is None:
+            # SkippedPod's order, compared as tuples rather than by its generated __lt__
+            self.skipped_sorted = sorted(self.skipped.values(), key=_skipped_order)
+        rep.skipped = list(self.skipped_sorted)
         rep.shadowed_pods = len(self.selected) - self.won
         rep.conflicts = sorted(r.ref for r in self.rivals)
         return rep
@@ -159,6 +164,7 @@ class IncrementalResolver:
         self._facts: dict[str, tuple[PodMemory, str]] = {}
         self._dirty_nodes: set[str] = set()
         self._dirty_policies: set[_PolicyState] = set()
+        self._dirty_shadowed: set[_PolicyState] = set()   # only shadowed_pods may differ
 
     # ---- events ------------------------------------------------------------------------
 
@@ -363,11 +369,15 @@ class IncrementalResolver:
 
     # ---- output ------------------------------------------------------------------------
 
-    def take_dirty(self) -> tuple[set[str], set[PolicyRef]]:
+    def take_dirty(self, shadowed: bool = True) -> tuple[set[str], set[PolicyRef]]:
         """Nodes whose plan and policies whose report may have changed since the last call
-        (a node no longer known: its plan is to go; a policy no longer known: deleted)."""
+        (a node no longer known: its plan is to go; a policy no longer known: deleted).
+        With `shadowed` False, policies whose report can differ only in shadowed_pods
+        (a pod they select but do not win came or went) are left out."""
         nodes, policies = self._dirty_nodes, self._dirty_policies
-        self._dirty_nodes, self._dirty_policies = set(), set()
+        if shadowed:
+            policies |= self._dirty_shadowed
+        self._dirty_nodes, self._dirty_policies, self._dirty_shadowed = set(), set(), set()
         return nodes, {s.ref for s in policies}
 
     def nodes(self) -> set[str]:
@@ -577,7 +587,8 @@ class IncrementalResolver:
                 state.selected.discard(i)
             for state in new - old:
                 state.selected.add(i)
-            self._dirty_policies.update(old ^ new)
+            # selected, not won: of their reports only shadowed_pods can change here
+            self._dirty_shadowed.update(old ^ new)
         self._settle(i, pod, selected)
 
     def _contribution(self, pod: _Pod, state: _PolicyState) -> tuple[
@@ -616,6 +627,10 @@ class IncrementalResolver:
             old_w.won -= 1
             if pod.skip is not None:
                 del old_w.skipped[i]
+                if old_w.skipped_sorted is not None:
+                    ordered = old_w.skipped_sorted
+                    del ordered[bisect.bisect_left(ordered, _skipped_order(pod.skip),
+                                                   key=_skipped_order)]
             elif pod.entry is not None:
                 _dec(old_w.nodes, pod.placed)
                 old_w.planned -= 1
@@ -625,8 +640,8 @@ class IncrementalResolver:
                 self._dirty_nodes.add(pod.placed)
             for r in pod.rivals or ():
                 _dec(old_w.rivals, r)
-                _dec(r.rivals, old_w)
-                dirty_p.add(r)
+                if _dec(r.rivals, old_w):    # a rival's report reads only who its rivals are
+                    dirty_p.add(r)
             dirty_p.add(old_w)
         pod.entry, pod.budget, pod.skip, pod.rivals, pod.placed = entry, budget, skip, rivals, node
         if new_w is None:
@@ -634,6 +649,8 @@ class IncrementalResolver:
         new_w.won += 1
         if skip is not None:
             new_w.skipped[i] = skip
+            if new_w.skipped_sorted is not None:
+                bisect.insort(new_w.skipped_sorted, skip, key=_skipped_order)
         elif entry is not None:
             new_w.nodes[node] = new_w.nodes.get(node, 0) + 1
             new_w.planned += 1
@@ -641,20 +658,29 @@ class IncrementalResolver:
             self._dirty_nodes.add(node)
         for r in rivals or ():
             new_w.rivals[r] = new_w.rivals.get(r, 0) + 1
-            r.rivals[new_w] = r.rivals.get(new_w, 0) + 1
-            dirty_p.add(r)
+            n = r.rivals.get(new_w, 0)
+            r.rivals[new_w] = n + 1
+            if not n:
+                dirty_p.add(r)
         dirty_p.add(new_w)
 
 
 _first = operator.itemgetter(0)
 
 
-def _dec(counts: dict[Any, int], key: Any) -> None:
+def _skipped_order(s: SkippedPod) -> tuple[str, str, str, str, str, str]:
+    """The order of SkippedPod (a dataclass with order=True: its fields, PodRef's first)."""
+    return (s.pod.namespace, s.pod.name, s.pod.uid, s.node, s.reason, s.message)
+
+
+def _dec(counts: dict[Any, int], key: Any) -> bool:
+    """Count one less of `key`; whether it is gone."""
     n = counts[key] - 1
     if n:
         counts[key] = n
-    else:
-        del counts[key]
+        return False
+    del counts[key]
+    return True
 
 
 def _matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:

@@ -223,7 +223,8 @@ class PlanTracker:
         """reconciler.Decisions for what changed since the last call. `known_spec(node)`:
         the node's plan spec on the server as far as the reconciler knows (None: no
         plan); `known_status(ref)` likewise for a policy's status."""
-        dirty_nodes, dirty_refs = self.resolver.take_dirty()
+        # (a policy's status does not show its shadowed pods)
+        dirty_nodes, dirty_refs = self.resolver.take_dirty(shadowed=False)
         nodes, self._nodes = self._nodes | dirty_nodes, set()
         policies, self._policies = self._policies | dirty_refs, set()
         lines, self._lines = self._lines, set()
