@@ -204,6 +204,17 @@ class TestWorkingSetFloor:
         later = d.working_set_update(ws, 1000.0, 150 * MiB, 100 * MiB, 0, 10**6, T)
         assert later.floor < 50 * MiB + d.PAGE_SIZE   # keep gone: decays to the active lists
 
+    def test_memory_stat_is_read_often_while_usage_moves_and_seldom_while_it_rests(self):
+        ws = d.working_set_update(d.WorkingSet(), 0.0, 150 * MiB, 100 * MiB, 0, 0, T)
+        assert ws.usage == 150 * MiB
+        assert not d.ws_read_due(ws, T.ws_interval / 2, 170 * MiB, T)       # too soon
+        assert d.ws_read_due(ws, T.ws_interval, 150 * MiB + T.ws_still_bytes, T)
+        assert d.ws_read_due(ws, T.ws_interval, 150 * MiB - T.ws_still_bytes, T)
+        still = 150 * MiB + T.ws_still_bytes - d.PAGE_SIZE
+        assert not d.ws_read_due(ws, T.ws_rest_interval - 0.01, still, T)
+        assert d.ws_read_due(ws, T.ws_rest_interval, still, T)
+        assert d.ws_read_due(d.WorkingSet(), T.ws_interval, 0, T)   # never read: due
+
     @pytest.mark.parametrize("active,active_file,lru_file,keep", [
         (80 * MiB, 80 * MiB, 120 * MiB, 160 * MiB),      # < 1 GiB of file LRU: ratio 1
         (30 * MiB, 10 * MiB, 100 * MiB, 40 * MiB),
@@ -307,3 +318,27 @@ def test_replay_classic_lru_lifts_the_target_before_the_first_refault(trace):
     first = next((r, new) for r, old, new in rows
                  if r["usage"] >= old[1] and r["active_file"] >= 150 * MiB)
     assert first[1] == (upper, upper - d.PAGE_SIZE), first
+
+
+class TestBatchedDue:
+    """Long intervals end on a shared grid: fewer scheduler wake-ups, never a later check."""
+
+    @pytest.mark.parametrize("now,interval", [(100.03, 1.0), (7.0, 0.5), (3.99, 0.77),
+                                              (0.0, 5.0)])
+    def test_long_intervals_land_on_the_grid_never_later(self, now, interval):
+        due = d.batched_due(now, interval, T)
+        assert due <= now + interval
+        assert due > now + interval - T.batch_quantum - 1e-9
+        assert due >= now + T.min_interval
+        grid = due / T.batch_quantum
+        assert abs(grid - round(grid)) < 1e-6
+
+    def test_short_intervals_are_exact(self):
+        assert d.batched_due(10.013, 0.02, T) == pytest.approx(10.033)
+        assert d.batched_due(10.013, T.batch_min_interval - 0.01, T) == pytest.approx(
+            10.013 + T.batch_min_interval - 0.01)
+
+    def test_cgroups_at_rest_share_wake_ups(self):
+        dues = {d.batched_due(10.0 + i / 100, 1.0, T) for i in range(100)}
+        assert len(dues) <= 11
+

@@ -22,6 +22,8 @@ class Tuning:
     min_interval: float = 0.01      # fastest re-check of a cgroup at or above its watermark
     max_interval: float = 1.0       # an idle cgroup is still checked this often
     wake_fraction: float = 0.5      # re-check after this share of the predicted time to it
+    batch_min_interval: float = 0.5  # checks this far apart or more ...
+    batch_quantum: float = 0.1       # ... fall on a grid this fine (batched_due)
     growth_floor: float = 0.0       # bytes/s assumed even for a cgroup that looks idle. 0: a
                                     # static cgroup is looked at once per max_interval, even
                                     # just below its watermark (where page cache sits for good);
@@ -47,7 +49,9 @@ class Tuning:
     relief_unbounded_factor: float = 2.0  # ceiling when memory.max is "max": this × the plan's
     relief_hold: float = 5.0        # the plan's value comes back no sooner after the last raise
     ws_interval: float = 0.5        # memory.stat (LRU sizes, refaults) re-read this often
-                                    # while usage is in the reclaim band
+                                    # while usage is in the reclaim band and moving ...
+    ws_rest_interval: float = 10.0  # ... and this often while it stands still (ws_read_due)
+    ws_still_bytes: int = 1 * MiB   # usage within this of the last reading stands still
     ws_halflife: float = 60.0       # seconds; the working-set floor forgets this slowly
     ws_refault_pages: int = 16      # refaults per memory.stat reading that show reclaim took
                                     # pages the workload reads back
@@ -85,6 +89,7 @@ class WorkingSet:
     active: int = 0       # the active LRU lists at the last reading
     stamp: float = 0.0    # when it was last updated
     refaults: int = -1    # workingset_refault_file + _anon then (-1: not read yet)
+    usage: int = -1       # memory.current then
 
 
 def lru_keep(active: int, active_file: int, lru_file: int) -> int:
@@ -112,7 +117,21 @@ def working_set_update(ws: WorkingSet, now: float, usage: int, inactive: int, ke
                                                     / tuning.ws_halflife))
     if ws.refaults >= 0 and refaults - ws.refaults > tuning.ws_refault_pages:
         floor = max(floor, float(usage))
-    return WorkingSet(max(floor, float(keep)), active, now, refaults)
+    return WorkingSet(max(floor, float(keep)), active, now, refaults, usage)
+
+
+def ws_read_due(ws: WorkingSet, now: float, usage: int, tuning: Tuning) -> bool:
+    """Whether memory.stat is worth reading again (in the reclaim band): every
+    ws_interval while usage moves, every ws_rest_interval while it stands still. Page
+    cache at rest between target and watermark (where a pod that once read more than
+    its memory.high stays for good) is not reclaimed, so its LRU split and refaults
+    hardly move, and the floor only matters once reclaim starts, which moves usage;
+    each reading is a third of such a check's CPU (docs/benchmarks.md)."""
+    age = now - ws.stamp
+    if age < tuning.ws_interval:
+        return False
+    return (ws.usage < 0 or abs(usage - ws.usage) >= tuning.ws_still_bytes
+            or age >= tuning.ws_rest_interval)
 
 
 def working_set_read(ws: WorkingSet, now: float, usage: int, stat: Mapping[str, int],
@@ -198,6 +217,17 @@ def next_check_interval(usage: int, start: int, rate: float, tuning: Tuning) -> 
         return tuning.max_interval
     eta = (start - usage) / bound
     return min(tuning.max_interval, max(tuning.min_interval, tuning.wake_fraction * eta))
+
+
+def batched_due(now: float, interval: float, tuning: Tuning) -> float:
+    """When to check next, `interval` from now: a long interval ends on the batch grid
+    (rounded down, so never later), and cgroups at rest share the scheduler's wake-ups
+    instead of waking it once each (a wake-up costs more than a check, natively)."""
+    due = now + interval
+    if interval < tuning.batch_min_interval:
+        return due
+    return max(now + tuning.min_interval, math.floor(due / tuning.batch_quantum)
+               * tuning.batch_quantum)
 
 
 def eagain_backoff(consecutive: int, tuning: Tuning) -> float:

@@ -5,6 +5,7 @@ memory.stat shows (decisions.working_set_update)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from headroom.engine import decisions as d
@@ -28,15 +29,16 @@ class Watermark(Mode):
 
     def observe(self, st: CgroupState, high: int, usage: int, now: float,
                 tuning: d.Tuning, classic_lru: bool) -> None:
-        """While usage is in the reclaim band, read memory.stat (every ws_interval) for
-        the working-set floor reclaim stops at."""
+        """While usage is in the reclaim band, read memory.stat (d.ws_read_due) for the
+        working-set floor reclaim stops at."""
         s = st.target.settings
         _, target = d.watermark_levels(high, s.headroom_percent, s.target_percent)
-        if st.cg is None or usage < target or now - st.ws.stamp < tuning.ws_interval:
+        if st.cg is None or usage < target or not d.ws_read_due(st.ws, now, usage, tuning):
             return
         stat = st.cg.read_stat()
-        if "inactive_file" not in stat:
-            return   # no LRU sizes (not a kernel's memory.stat): no floor
+        if "inactive_file" not in stat:   # no LRU sizes (not a kernel's memory.stat): no
+            st.ws = replace(st.ws, stamp=now, usage=usage)   # floor, read as seldom
+            return
         st.ws = d.working_set_read(st.ws, now, usage, stat, classic_lru, tuning)
 
     def want(self, c: Check) -> tuple[int, float]:
