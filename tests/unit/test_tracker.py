@@ -539,3 +539,19 @@ def test_status_lines_are_patched_as_a_recount_would_give(
             assert totals.enforced == sum(n["enforced"] for n in lines.values())
             assert totals.order == sorted(map(status_mod.listing_order, lines.values()))
         assert tracker._totals.keys() == want.keys()
+
+
+def test_the_entry_key_memo_tells_apart_what_only_compares_equal() -> None:
+    """canonical() of an entry's policy, memoized: values that are equal as keys (True
+    and 1) but not as JSON get their own text, and odd policies are not memoized."""
+    from headroom.controller.plans import canonical
+    from headroom.controller.tracker import PlanTracker
+
+    tracker = PlanTracker()
+    entries = [{"policy": {"kind": "K", "name": True}}, {"policy": {"kind": "K", "name": 1}},
+               {"policy": {"kind": "K", "name": 1.0}}, {"policy": {"name": 1, "kind": "K"}},
+               {"policy": "K"}, {"policy": None}, {"policy": ["K"]}, {"policy": {"k": [1]}},
+               {}]
+    for _ in range(2):
+        assert [tracker._entry_key(e) for e in entries] == [
+            canonical(e.get("policy")) for e in entries]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,16 +78,24 @@ def _pod_sort_key(entry: Mapping[str, Any]) -> tuple[str, str, str]:
     return (entry.get("namespace", ""), entry.get("name", ""), entry.get("uid", ""))
 
 
+def policy_key(entry: Mapping[str, Any]) -> str:
+    """canonical() of a plan entry's policy ref: whose entry it is."""
+    return canonical(entry.get("policy"))
+
+
 def freeze_invalid(plans: dict[str, dict[str, Any]],
                    reports: Mapping[PolicyRef, PolicyReport],
                    current: Mapping[str, Mapping[str, Any] | None],
-                   active_pods: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+                   active_pods: Mapping[str, str],
+                   key: Callable[[Mapping[str, Any]], str] = policy_key
+                   ) -> dict[str, dict[str, Any]]:
     """Keep the plan entries of policies that are now invalid as they are on the server.
 
     An invalid policy changes no plan: resolve() lets it match nothing, so without
     this its pods would fall to another policy or leave the plans. Level-based (it
     reads the plans on the server, not operator memory), so it survives restarts.
     `active_pods`: uid -> node of the pods that still run; others are not kept.
+    `key`: policy_key or a memoized equal.
     """
     frozen = {canonical(ref.to_dict()) for ref, rep in reports.items() if not rep.valid}
     if not frozen:
@@ -97,7 +105,7 @@ def freeze_invalid(plans: dict[str, dict[str, Any]],
         if node not in out or not spec:
             continue
         keep = [e for e in spec.get("pods") or ()
-                if canonical(e.get("policy")) in frozen and active_pods.get(e.get("uid")) == node]
+                if key(e) in frozen and active_pods.get(e.get("uid")) == node]
         if not keep:
             continue
         uids = {e["uid"] for e in keep}
@@ -141,18 +149,21 @@ def out_of_bounds(node: str, entry: Any, problem: str) -> tuple[str, str]:
 
 def quarantine(plans: Mapping[str, Mapping[str, Any]], bad: Collection[str],
                current: Mapping[str, Mapping[str, Any] | None],
-               active_pods: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+               active_pods: Mapping[str, str],
+               key: Callable[[Mapping[str, Any]], str] = policy_key
+               ) -> dict[str, dict[str, Any]]:
     """Plans in which the policies in `bad` (canonical refs) change nothing: their new
     entries are left out and their entries on the server (the last good ones, if still
-    valid and the pod still runs on that node) are kept. Every other entry is as given."""
+    valid and the pod still runs on that node) are kept. Every other entry is as given.
+    `key`: policy_key or a memoized equal."""
     if not bad:
         return {node: dict(spec) for node, spec in plans.items()}
     out: dict[str, dict[str, Any]] = {}
     for node, spec in plans.items():
-        pods = [e for e in spec.get("pods") or () if canonical(e.get("policy")) not in bad]
+        pods = [e for e in spec.get("pods") or () if key(e) not in bad]
         taken = {e.get("uid") for e in pods}
         for e in (current.get(node) or {}).get("pods") or ():
-            if isinstance(e, Mapping) and canonical(e.get("policy")) in bad \
+            if isinstance(e, Mapping) and key(e) in bad \
                     and e.get("uid") not in taken and active_pods.get(e.get("uid")) == node \
                     and not plan_contract.entry_problems(e):
                 pods.append(e)

@@ -256,7 +256,7 @@ class PlanTracker:
             spec = raw.get(node)
             if spec is not None and bad:
                 spec = plans_mod.quarantine({node: spec}, set(bad), {node: current[node]},
-                                            self._active(node))[node]
+                                            self._active(node), self._entry_key)[node]
             cur = current[node]
             actions += plans_mod.plan_actions({node: spec} if spec is not None else {},
                                               {node: cur} if cur is not None else {})
@@ -311,7 +311,7 @@ class PlanTracker:
                 continue
             if invalid and cur:
                 spec = plans_mod.freeze_invalid({node: spec}, invalid, {node: cur},
-                                                self._active(node))[node]
+                                                self._active(node), self._entry_key)[node]
             raw[node] = spec
             found = self._check(node, spec)
             if found:
@@ -452,11 +452,14 @@ class PlanTracker:
         return True
 
     def _entry_key(self, entry: Mapping[str, Any]) -> str:
-        """canonical(entry["policy"]), memoized by the policy's items."""
+        """plans.policy_key(entry), canonical(entry["policy"]), memoized by the policy's
+        items and their exact types (True and 1 are equal keys, not equal JSON)."""
         policy = entry.get("policy")
+        if type(policy) is not dict:
+            return canonical(policy)
+        # (items in their order: another order is another memo key, same value)
+        items = (tuple(policy.items()), tuple(map(type, policy.values())))
         try:
-            # (items in their order: another order is another memo key, same value)
-            items = tuple(policy.items()) if type(policy) is dict else None
             key = self._entry_keys.get(items)
         except TypeError:            # unhashable values: not from us, not worth a memo
             return canonical(policy)
@@ -465,6 +468,7 @@ class PlanTracker:
             if len(self._entry_keys) < 100_000:
                 self._entry_keys[items] = key
         return key
+
 
 
 class _Totals:
