@@ -150,6 +150,7 @@ def check_sequence(events: list[tuple[str, str, dict[str, Any]]]) -> None:
     world: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
         k: {} for k in ("policies", "cluster_policies", "pods", "namespaces", "nodes")}
     inc = IncrementalResolver()
+    kept: dict[str, list[Any]] = {}
     before = _full(world)
     for step, (kind, type_, obj) in enumerate(events):
         key = _key(kind, obj)
@@ -175,6 +176,26 @@ def check_sequence(events: list[tuple[str, str, dict[str, Any]]]) -> None:
         assert changed_nodes <= nodes, (kind, type_, obj)
         assert changed_policies <= policies, (kind, type_, obj)
         before = want
+        _check_entry_changes(inc, kept, (kind, type_, obj))
+
+
+def _check_entry_changes(inc: IncrementalResolver, kept: dict[str, list[Any]],
+                         what: Any) -> None:
+    """take_entry_changes(): the last plan's entries, less those that went, plus those
+    that came, are the plan's entries now (as objects); `kept` holds the last plans."""
+    for node in NODES:
+        diff = inc.take_entry_changes(node)
+        plan = inc.plan(node)
+        if plan is None:
+            assert diff is None, what
+            kept.pop(node, None)
+            continue
+        if diff is not None and node in kept:
+            came, gone = ({id(e) for e in part} for part in diff)
+            old = {id(e) for e in kept[node]}
+            assert gone <= old and not came & old, what
+            assert (old - gone) | came == {id(e) for e in plan["pods"]}, what
+        kept[node] = plan["pods"]
 
 
 def _added(kind: str, objs: st.SearchStrategy[dict[str, Any]],
@@ -286,3 +307,23 @@ def test_a_rival_is_dirty_when_its_conflicts_change_and_shadowed_pods_apart() ->
     inc.apply("pods", "ADDED", mk_pod("web-2", node="n1"))
     assert inc.take_dirty()[1] == {a, b}
     assert inc.report(b).shadowed_pods == 3      # type: ignore[union-attr]
+
+
+def test_a_long_log_of_entry_changes_is_dropped() -> None:
+    """More changes on a node between two calls than the log keeps: not known (None),
+    and known again from the next call on."""
+    from headroom.controller import incremental
+    from test_resolve import mk_pod, mk_policy
+
+    inc = IncrementalResolver()
+    inc.apply("nodes", "ADDED", {"metadata": {"name": "n1"}})
+    inc.apply("policies", "ADDED", mk_policy("a"))
+    assert inc.take_entry_changes("n1") is None          # the first call
+    assert inc.take_entry_changes("n1") == ([], [])
+    for i in range(incremental._LOG_MAX + 1):
+        inc.apply("pods", "ADDED", mk_pod(f"web-{i}", node="n1"))
+    assert inc.take_entry_changes("n1") is None
+    inc.apply("pods", "DELETED", mk_pod("web-0", node="n1"))
+    came, gone = inc.take_entry_changes("n1")            # type: ignore[misc]
+    assert came == [] and [e["name"] for e in gone] == ["web-0"]
+    assert inc.take_entry_changes("nowhere") is None

@@ -53,6 +53,7 @@ PodKey = tuple[str, str]      # (namespace, name)
 Selected = tuple[SortKey, "_PolicyState"]   # a policy selecting a pod, sortable
 
 _intern = sys.intern
+_LOG_MAX = 4096      # entries logged per node between two take_entry_changes()
 
 
 def _name(obj: Mapping[str, Any]) -> str:
@@ -392,6 +393,16 @@ class IncrementalResolver:
         spec["pods"] = list(entries.pods)
         return spec
 
+    def take_entry_changes(self, node: str
+                           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """The node's plan entries that came and went (net, by identity: plan() lists
+        the same entry objects until they change) since the last call for this node, so
+        that a caller that keeps something per entry patches it instead of going over the
+        whole plan. None: not known (an unknown node, the first call since the node came,
+        or too many changes since the last call)."""
+        entries = self._entries.get(node)
+        return None if entries is None else entries.take_changes()
+
     def pod_placement(self, key: PodKey) -> tuple[str, bool, str] | None:
         """(node, active, uid) of a known pod: what the plans' freeze and quarantine read."""
         i = self._slot.get(key)
@@ -666,14 +677,20 @@ class IncrementalResolver:
 class _NodeEntries:
     """A node's plan entries in plan order (namespace, name, uid: resolve()'s), patched
     one at a time (bisect) instead of sorted for every plan, and the count of each cpu
-    budget among them (the plan's is the smallest)."""
+    budget among them (the plan's is the smallest).
 
-    __slots__ = ("budgets", "keys", "pods")
+    Once take_changes() has been called, the entries that come and go are logged for
+    the next call (at most _LOG_MAX of each: beyond, the log is dropped)."""
+
+    __slots__ = ("budgets", "came", "gone", "keys", "logging", "pods")
 
     def __init__(self) -> None:
         self.keys: list[tuple[str, str, str]] = []
         self.pods: list[dict[str, Any]] = []
         self.budgets: dict[float, int] = {}
+        self.logging = False
+        self.came: list[dict[str, Any]] = []
+        self.gone: list[dict[str, Any]] = []
 
     def add(self, key: tuple[str, str, str], entry: dict[str, Any],
             budget: float | None) -> None:
@@ -682,14 +699,42 @@ class _NodeEntries:
         self.pods.insert(at, entry)
         if budget is not None:
             self.budgets[budget] = self.budgets.get(budget, 0) + 1
+        if self.logging:
+            self.came.append(entry)
+            if len(self.came) > _LOG_MAX:
+                self._drop_log()
 
     def remove(self, key: tuple[str, str, str], budget: float | None) -> None:
         at = bisect.bisect_left(self.keys, key)
         assert self.keys[at] == key, key
+        if self.logging:
+            self.gone.append(self.pods[at])
+            if len(self.gone) > _LOG_MAX:
+                self._drop_log()
         del self.keys[at]
         del self.pods[at]
         if budget is not None:
             _dec(self.budgets, budget)
+
+    def _drop_log(self) -> None:
+        self.logging = False
+        self.came, self.gone = [], []
+
+    def take_changes(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """(entries that came, entries that went) since the last call, net (an entry that
+        came and went is in neither); None on the first call, or when the log was
+        dropped: then nothing is known about what changed."""
+        if not self.logging:
+            self.logging = True
+            return None
+        came, gone = self.came, self.gone
+        self.came, self.gone = [], []
+        if came and gone:
+            both = set(map(id, came)) & set(map(id, gone))
+            if both:
+                came = [e for e in came if id(e) not in both]
+                gone = [e for e in gone if id(e) not in both]
+        return came, gone
 
 
 def _skipped_order(s: SkippedPod) -> tuple[str, str, str, str, str, str]:

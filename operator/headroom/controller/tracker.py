@@ -38,6 +38,7 @@ from headroom.controller.resolve import PolicyRef, PolicyReport
 __all__ = ["Change", "PlanTracker"]
 
 Change = tuple[str, Any, dict[str, Any] | None]      # (cache name, key, object or None)
+Diff = tuple[list[Any], list[Any]]                    # plan entries (that came, that went)
 Bad = dict[str, tuple[str, str]]                      # canonical ref -> (reason, message)
 
 _POLICY_KINDS = {"policies": NAMESPACED_KIND, "cluster_policies": CLUSTER_KIND}
@@ -73,11 +74,13 @@ class PlanTracker:
         self._keys: dict[PolicyRef, str] = {}                 # ref -> canonical ref
         self._entry_keys: dict[Any, str] = {}                 # policy items -> canonical
         self._generations: dict[str, int | None] = {}         # canonical ref -> generation
-        # node -> (its resolved spec's pods, id -> entry of them, id -> (entry, contract
-        # problems) of those with problems): an entry the resolver kept (the same
-        # object) is not checked again
-        self._checked: dict[str, tuple[Any, dict[int, Any], dict[int, tuple[Any, Any]]]] = {}
-        self._desired_ids: dict[str, dict[int, Any]] = {}     # node -> _by_id(its pods)
+        # node -> (whether the spec last checked was the resolver's plan, id -> entry of
+        # that spec or None, id -> (entry, contract problems) of those with problems):
+        # an entry the resolver kept (the same object) is not checked again
+        self._checked: dict[str, tuple[bool, dict[int, Any] | None,
+                                       dict[int, tuple[Any, Any]]]] = {}
+        # nodes whose decided spec lists the resolver's plan as it was resolved
+        self._pure: set[str] = set()
         self._desired: dict[str, dict[str, Any]] = {}         # node -> spec last decided
         # canonical ref -> node -> its status line there (status.node_summary), for the
         # nodes where _desired gives it entries; and per ref their sums and listing order
@@ -236,7 +239,8 @@ class PlanTracker:
                 nodes |= self._summaries.get(key, {}).keys()
         current: dict[str, dict[str, Any] | None] = {}
         raw: dict[str, dict[str, Any]] = {}
-        self._resolve_nodes(nodes, known_spec, current, raw)
+        diffs: dict[str, tuple[Any, Diff | None]] = {}
+        self._resolve_nodes(nodes, known_spec, current, raw, diffs)
         bad = self._global_bad(rejected or {})
         moved = {k for k in bad.keys() ^ self._bad.keys()}
         changed = moved | {k for k in bad.keys() & self._bad.keys() if bad[k] != self._bad[k]}
@@ -246,7 +250,7 @@ class PlanTracker:
             ref = self._refs.get(key)
             if ref is not None:
                 more |= self.resolver.policy_nodes(ref)
-        self._resolve_nodes(more - nodes, known_spec, current, raw)
+        self._resolve_nodes(more - nodes, known_spec, current, raw, diffs)
         nodes |= more
         policies |= {self._refs[k] for k in changed if k in self._refs}
         self._bad = bad
@@ -260,7 +264,16 @@ class PlanTracker:
             cur = current[node]
             actions += plans_mod.plan_actions({node: spec} if spec is not None else {},
                                               {node: cur} if cur is not None else {})
-            policies |= self._set_desired(node, spec)
+            # the resolver's own plan (nothing frozen or quarantined), as was the last
+            # one: the entries that came and went are the resolver's
+            resolved, diff = diffs.get(node, (None, None))
+            pure = spec is not None and spec.get("pods") is resolved
+            policies |= self._set_desired(
+                node, spec, diff if pure and node in self._pure else None)
+            if pure:
+                self._pure.add(node)
+            else:
+                self._pure.discard(node)
         for node in lines - nodes:
             policies |= self._set_desired(node, self._desired.get(node))
 
@@ -296,47 +309,65 @@ class PlanTracker:
     def _resolve_nodes(self, nodes: Iterable[str],
                        known_spec: Callable[[str], dict[str, Any] | None],
                        current: dict[str, dict[str, Any] | None],
-                       raw: dict[str, dict[str, Any]]) -> None:
+                       raw: dict[str, dict[str, Any]],
+                       diffs: dict[str, tuple[Any, Diff | None]]) -> None:
         """Each node's resolved plan with invalid policies' entries frozen (into `raw`;
-        nodes without a plan are left out), its server spec (into `current`), and the
-        policies with entries out of bounds there (into _node_bad)."""
+        nodes without a plan are left out), its server spec (into `current`), the
+        policies with entries out of bounds there (into _node_bad), and (into `diffs`)
+        the resolver's pods list with the entries that came and went since the node was
+        last resolved (None: not known)."""
         invalid = {self._refs[k]: PolicyReport(self._refs[k], valid=False)
                    for k in self._invalid if k in self._refs}
         for node in nodes:
             current[node] = cur = known_spec(node)
             spec = self.resolver.plan(node)
+            diff = self.resolver.take_entry_changes(node)
             self._node_bad.pop(node, None)
             if spec is None:
                 self._checked.pop(node, None)
                 continue
+            resolved = spec["pods"]
+            diffs[node] = (resolved, diff)
             if invalid and cur:
                 spec = plans_mod.freeze_invalid({node: spec}, invalid, {node: cur},
                                                 self._active(node), self._entry_key)[node]
             raw[node] = spec
-            found = self._check(node, spec)
+            found = self._check(node, spec, diff, spec.get("pods") is resolved)
             if found:
                 self._node_bad[node] = found
 
-    def _check(self, node: str, spec: Mapping[str, Any]) -> dict[str, str]:
-        """plans.check_entries of one node, checking only entries not seen before (by
-        identity: an entry the resolver kept is the same object)."""
+    def _check(self, node: str, spec: Mapping[str, Any], diff: Diff | None,
+               pure: bool) -> dict[str, str]:
+        """plans.check_entries of one node, checking only entries not seen before: those
+        that came (`diff`, when the spec is the resolver's plan (`pure`) and the last one
+        checked was too), else those not in the last spec checked (by identity: an
+        entry the resolver kept is the same object)."""
         pods = spec.get("pods") or ()
         seen = self._checked.get(node)
-        ids = _by_id(pods)
-        problems: dict[int, tuple[Any, Any]] = {}       # id -> (entry, its problems)
-        if seen is None:
-            fresh = ids.values()
+        ids: dict[int, Any] | None = None
+        fresh: Iterable[Any]
+        if pure and diff is not None and seen is not None and seen[0]:
+            fresh, gone = diff
+            problems = seen[2]
+            if problems:
+                for entry in gone:
+                    problems.pop(id(entry), None)
         else:
-            _, old_ids, old_problems = seen
-            fresh = [ids[i] for i in ids.keys() - old_ids.keys()]
-            if old_problems:
-                problems = {i: p for i, p in old_problems.items() if i in ids}
+            ids = _by_id(pods)
+            problems = {}
+            if seen is None or seen[1] is None:
+                fresh = ids.values()
+            else:
+                fresh = [ids[i] for i in ids.keys() - seen[1].keys()]
+                if seen[2]:
+                    problems = {i: p for i, p in seen[2].items() if i in ids}
         for entry in fresh:
             found = plan_contract.entry_problems(entry)
             if found:
                 problems[id(entry)] = (entry, found)
-        # (the entries stay alive in `ids`: its keys stay their ids)
-        self._checked[node] = (pods, ids, problems)
+        # (checked entries stay alive in `ids` or in the resolver's plan, entries with
+        # problems in `problems`: their ids stay theirs)
+        self._checked[node] = (pure, ids, problems)
         bad: dict[str, str] = {}
         if problems:
             for entry in pods:               # the first problem per policy, in spec order
@@ -356,13 +387,16 @@ class PlanTracker:
             bad.setdefault(key, ("PlanRejected", why))
         return bad
 
-    def _set_desired(self, node: str, spec: dict[str, Any] | None) -> set[PolicyRef]:
+    def _set_desired(self, node: str, spec: dict[str, Any] | None,
+                     diff: Diff | None = None) -> set[PolicyRef]:
         """Record the node's decided spec and its policies' status lines there; the
         policies whose line changed (their status is to be judged again).
 
-        The lines are patched with the entries that came and went (by identity: the
-        resolver keeps an unchanged pod's entry object), unless the agent's outcomes
-        for the node changed since they were counted: then they are counted again."""
+        The lines are patched with the entries that came and went: `diff` (the
+        resolver's, when both the old and the new spec are its plans), else found by
+        identity (the resolver keeps an unchanged pod's entry object); unless the
+        agent's outcomes for the node changed since they were counted: then they are
+        counted again."""
         old = self._desired.pop(node, None)
         if spec is not None:
             self._desired[node] = spec
@@ -380,18 +414,17 @@ class PlanTracker:
             self._outcomes[node] = (status, outcomes)
         old_pods = (old or {}).get("pods") or ()
         new_pods = (spec or {}).get("pods") or ()
-        old_ids = self._desired_ids.pop(node, None)
-        if old_ids is None or len(old_ids) != len(old_pods):
-            old_ids = _by_id(old_pods)
-        checked = self._checked.get(node)
-        # the resolved spec as checked this round (no entry frozen or quarantined)
-        new_ids = checked[1] if checked is not None and checked[0] is new_pods \
-            else _by_id(new_pods)
-        if spec is not None:
-            self._desired_ids[node] = new_ids
         key_of = self._entry_key
         touched: set[str] = set()
-        if not same or len(old_ids) != len(old_pods) or len(new_ids) != len(new_pods):
+        recount = not same
+        if diff is None and not recount and old_pods is not new_pods:
+            old_ids, new_ids = _by_id(old_pods), _by_id(new_pods)
+            if len(old_ids) != len(old_pods) or len(new_ids) != len(new_pods):
+                recount = True          # an entry listed twice: not from us
+            else:
+                diff = ([new_ids[i] for i in new_ids.keys() - old_ids.keys()],
+                        [old_ids[i] for i in old_ids.keys() - new_ids.keys()])
+        if recount:
             # counted again from the spec, as status.node_summary of each policy's entries
             by_policy: dict[str, list[Any]] = {}
             for entry in new_pods:
@@ -402,13 +435,11 @@ class PlanTracker:
             for key, entries in by_policy.items():
                 if self._set_line(key, node, status_mod.node_summary(node, entries, outcomes)):
                     touched.add(key)
-        else:
+        elif diff is not None:
             deltas: dict[str, tuple[list[Any], list[Any]]] = {}
-            for i in old_ids.keys() - new_ids.keys():
-                entry = old_ids[i]
+            for entry in diff[1]:
                 deltas.setdefault(key_of(entry), ([], []))[0].append(entry)
-            for i in new_ids.keys() - old_ids.keys():
-                entry = new_ids[i]
+            for entry in diff[0]:
                 deltas.setdefault(key_of(entry), ([], []))[1].append(entry)
             for key, (gone, came) in deltas.items():
                 line = self._summaries.get(key, {}).get(node)
