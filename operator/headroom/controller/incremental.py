@@ -646,10 +646,20 @@ class IncrementalResolver:
                 if node_entries is not None:
                     node_entries.remove(pod.placed_key, pod.budget)
                 self._dirty_nodes.add(pod.placed)
-            for r in pod.rivals or ():
-                _dec(old_w.rivals, r)
-                if _dec(r.rivals, old_w):    # a rival's report reads only who its rivals are
-                    dirty_p.add(r)
+            counts = old_w.rivals
+            for r in pod.rivals or ():       # (_dec, inlined: pods can have many rivals)
+                n = counts[r] - 1
+                if n:
+                    counts[r] = n
+                else:
+                    del counts[r]
+                theirs = r.rivals
+                n = theirs[old_w] - 1
+                if n:
+                    theirs[old_w] = n
+                else:
+                    del theirs[old_w]
+                    dirty_p.add(r)           # a rival's report reads only who its rivals are
             dirty_p.add(old_w)
         pod.entry, pod.budget, pod.skip, pod.rivals, pod.placed = entry, budget, skip, rivals, node
         if new_w is None:
@@ -665,10 +675,12 @@ class IncrementalResolver:
             pod.placed_key = key = (pod.ns, pod.name, pod.uid)
             self._entries[node].add(key, entry, budget)
             self._dirty_nodes.add(node)
+        counts = new_w.rivals
         for r in rivals or ():
-            new_w.rivals[r] = new_w.rivals.get(r, 0) + 1
-            n = r.rivals.get(new_w, 0)
-            r.rivals[new_w] = n + 1
+            counts[r] = counts.get(r, 0) + 1
+            theirs = r.rivals
+            n = theirs.get(new_w, 0)
+            theirs[new_w] = n + 1
             if not n:
                 dirty_p.add(r)
         dirty_p.add(new_w)
