@@ -14,7 +14,9 @@ change:
 * a node event makes that node's pods eligible (or not) and adds (removes) its plan.
 
 Nodes and policies whose output changed are collected in `take_dirty()`, so the
-operator compares and writes only those plans and statuses. `resolution()` builds
+operator compares and writes only those plans and statuses; per node, the plan entries
+that came and went in `take_entry_changes()`. A node's entries are kept in plan order
+(bisect per pod), so a plan is a copy of a list, not a sort. `resolution()` builds
 the whole `Resolution` (tests compare it with `resolve()` after every event:
 tests/unit/test_incremental.py). Semantics are resolve()'s with ``nodes`` given:
 only pods bound to a known node count, and every known node has a plan.

@@ -3,16 +3,22 @@
 `reconciler.decide()` recomputes every plan and policy status from a snapshot of all
 caches: seconds of CPU at 150,000 pods. `PlanTracker` holds an `IncrementalResolver`
 (incremental.py) and, per node, the plan spec it last decided, and per policy the
-per-node lines (`status.node_summary`) its status is built from. Each round it is fed
-the objects that changed (informer.ObjectCache.take_changes) and decides the plans of
-only the nodes those can affect and the statuses of only the policies those can affect,
-by the same rules as decide(), applied per node:
+per-node lines (`status.node_summary`) its status is built from, with their sums and
+their listing order (`status.status_from_totals`). Each round it is fed the objects that
+changed (informer.ObjectCache.take_changes) and decides the plans of only the nodes
+those can affect and the statuses of only the policies those can affect, by the same
+rules as decide(), applied per node:
 
 * `plans.freeze_invalid`: an invalid policy's entries stay as they are on the server;
 * `plans.check_entries` / `plans.quarantine` / rejected policies: a policy with an entry
   out of bounds (on any node), or one the API server refused, changes no plan;
   when a policy enters or leaves that set, every node where it has entries (decided or
   resolved) is decided again.
+
+Work per node follows the entries that changed there: the resolver reports which came
+and went (`IncrementalResolver.take_entry_changes`); only those are checked against the
+plan contract and counted into (out of) the policies' lines, and a policy's status is
+built from its totals and its first MAX_NODES_LISTED lines, not from all its lines.
 
 `load()` starts over from a full snapshot (cold start and the reconciler's periodic
 resync). tests/unit/test_tracker.py applies random event sequences and checks that the
