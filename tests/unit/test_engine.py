@@ -595,44 +595,6 @@ def test_threaded_engine_reclaims_and_restores(fake_kernel):
     assert fake_kernel.open_watches() == []
 
 
-def test_a_worker_runs_its_episodes_next_check_itself(fake_kernel):
-    """Real threads and clock: while a cgroup's next check is due at once after a write
-    (an episode going on), the worker that wrote runs that check, not the scheduler
-    thread (one hand-off per episode); stop() still ends such an episode."""
-    fake_kernel.tree.add("web", current=300 * MiB)
-    eng = ReclaimEngine(fake_kernel, cpu_budget_cores=None, workers=2)
-    checked_on: list[str] = []
-    check = eng._check
-
-    def recording_check(key, due, now):
-        checked_on.append(threading.current_thread().name)
-        return check(key, due, now)
-    eng._check = recording_check  # type: ignore[method-assign]
-    eng.set_targets([Target("web", fake_kernel.tree.path("web"), HIGH)])
-    stop = threading.Event()
-
-    def workload():   # refills faster than one write takes away: the episode goes on
-        while not stop.is_set():
-            fake_kernel.grow("web", 4 * MiB)
-            time.sleep(0.001)
-
-    t = threading.Thread(target=workload)
-    t.start()
-    eng.start()
-    try:
-        deadline = time.monotonic() + 30
-        while (not any(n.startswith("headroom-reclaim") for n in checked_on)
-               and time.monotonic() < deadline):
-            time.sleep(0.05)
-    finally:
-        eng.stop(restore=True)
-        stop.set()
-        t.join()
-    assert any(n.startswith("headroom-reclaim") for n in checked_on), set(checked_on)
-    assert "headroom-engine" in checked_on      # the first check of the episode
-    assert fake_kernel.tree.high("web") == "max" and eng.snapshot() == {}
-
-
 def _open_fds() -> int:
     import os
     return len(os.listdir("/proc/self/fd"))

@@ -9,23 +9,20 @@ plus a self-pipe, with a timeout to the earliest due check. A check (read
 memory.current, decide) is cheap and runs on the scheduler thread. A memory.reclaim
 write runs reclaim in the writer's context and can block, so writes go to a small
 worker pool: a slow cgroup occupies one worker while the scheduler keeps checking the
-others. A worker accounts its write and, while the cgroup's next check is due at once
-(an episode going on), runs that check and its write itself: one hand-off per episode,
-not per write (a hand-off cost more CPU than a small write). Checks and accounting run
-under one lock, on whichever thread. A cgroup never has two writes in flight.
-`workers=0` runs writes inline, which with `tick(now)` makes the engine fully
-deterministic for tests.
+others. A cgroup never has two writes in flight. `workers=0` runs writes inline, which
+with `tick(now)` makes the engine fully deterministic for tests.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -149,6 +146,7 @@ class ReclaimEngine:
         self.lateness_histogram = LatenessHistogram()   # every check, for /metrics
         self._cpu_bucket = d.Bucket(0.0, 0.0)
         self.set_cpu_budget(cpu_budget_cores)
+        self._done: collections.deque[_Result] = collections.deque()
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
@@ -202,6 +200,9 @@ class ReclaimEngine:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        with self._lock:
+            while self._done:  # account writes that finished during shutdown
+                self._finish(self._done.popleft(), self._clock())
         with self._targets_lock:
             for st in list(self._states.values()):
                 self._remove(st, restore=restore)
@@ -255,6 +256,8 @@ class ReclaimEngine:
         calls this; tests drive it directly with a fake clock and workers=0."""
         now = self._clock() if now is None else now
         with self._lock:
+            while self._done:
+                self._finish(self._done.popleft(), now)
             jobs = [job for key, due in self._queue.pop_due(now)
                     if (job := self._check(key, due, now)) is not None]
         for job in jobs:
@@ -263,7 +266,8 @@ class ReclaimEngine:
                 with self._lock:
                     self._finish(result, now)
             else:
-                self._pool.submit(self._work, job)
+                future = self._pool.submit(_run_job, job)
+                future.add_done_callback(lambda f, job=job: self._job_done(job, f))
         with self._lock:
             return self._queue.next_due()
 
@@ -309,31 +313,13 @@ class ReclaimEngine:
         # at most one woken check per min_interval, even if an fd stays ready
         self._queue.schedule_earlier(key, max(now, st.last_time + self.tuning.min_interval))
 
-    def _work(self, job: _Job | None) -> None:
-        """A worker's turn: the write, its accounting, and the cgroup's next check and
-        write while that is due at once; then the scheduler is woken to look again."""
-        try:
-            while job is not None:
-                try:
-                    result = _run_job(job)
-                except Exception as exc:  # a bug, not a kernel answer: an error, back off
-                    event(log, "engine_error", logging.ERROR, key=job.key, error=repr(exc))
-                    result = _Result(job, "error", 0.0, None, repr(exc))
-                with self._lock:
-                    now = self._clock()
-                    self._finish(result, now)
-                    job = None if self._stopping else self._due_now(job.key, now)
-        except Exception:  # the worker must outlive any single bug
-            event(log, "engine_error", logging.ERROR, exc_info=True)
-        finally:
-            self._wakeups.wake()
-
-    def _due_now(self, key: str, now: float) -> _Job | None:
-        due = self._queue.due_of(key)
-        if due is None or due > now:
-            return None
-        self._queue.cancel(key)
-        return self._check(key, due, now)
+    def _job_done(self, job: _Job, future: Future[_Result]) -> None:
+        exc = future.exception()
+        if exc is not None:  # a bug, not a kernel answer: account it as an error, back off
+            event(log, "engine_error", logging.ERROR, key=job.key, error=repr(exc))
+        self._done.append(future.result() if exc is None
+                          else _Result(job, "error", 0.0, None, repr(exc)))
+        self._wakeups.wake()
 
     # --- one check -----------------------------------------------------------------
 
