@@ -321,8 +321,7 @@ def validate_entry(raw: Any) -> tuple[PlanEntry | None, tuple[Problem, ...]]:
 def _validate_full(raw: Any) -> tuple[PlanEntry | None, tuple[Problem, ...]]:
     """validate_entry without the cache: every field of the entry checked."""
     problems: list[Problem] = []
-    top = {k.split(".")[0] for k in ENTRY_BOUNDS}
-    if not _check_object(raw, top, "", problems):
+    if not _check_object(raw, set(_TOP_FIELDS), "", problems):
         return None, tuple(problems)
     policy, reclaim = raw.get("policy"), raw.get("reclaim")
     if "policy" in raw:
