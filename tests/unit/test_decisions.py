@@ -318,3 +318,32 @@ def test_replay_classic_lru_lifts_the_target_before_the_first_refault(trace):
     first = next((r, new) for r, old, new in rows
                  if r["usage"] >= old[1] and r["active_file"] >= 150 * MiB)
     assert first[1] == (upper, upper - d.PAGE_SIZE), first
+
+
+class TestBatchedDue:
+    """Long intervals end on a shared grid: fewer scheduler wake-ups; a check moves by at
+    most half a quantum, so periods neither grow nor shrink on average."""
+
+    @pytest.mark.parametrize("now,interval", [(100.03, 1.0), (7.0, 0.5), (3.99, 0.77),
+                                              (0.0, 5.0), (0.3, 2.0), (2.0049, 2.0)])
+    def test_long_intervals_land_on_the_nearest_grid_point(self, now, interval):
+        due = d.batched_due(now, interval, T)
+        assert abs(due - (now + interval)) <= T.batch_quantum / 2 + 1e-9
+        grid = due / T.batch_quantum
+        assert abs(grid - round(grid)) < 1e-6
+
+    def test_short_intervals_are_exact(self):
+        assert d.batched_due(10.013, 0.02, T) == pytest.approx(10.033)
+        assert d.batched_due(10.013, T.batch_min_interval - 0.01, T) == pytest.approx(
+            10.013 + T.batch_min_interval - 0.01)
+
+    def test_cgroups_at_rest_share_wake_ups(self):
+        dues = {d.batched_due(10.0 + i / 100, 1.0, T) for i in range(100)}
+        assert len(dues) <= 11
+
+    def test_late_checks_do_not_stretch_the_period(self):
+        now, dues = 0.0, []
+        for _ in range(50):        # each check runs 4 ms after it was due
+            now = d.batched_due(now, 1.0, T) + 0.004
+            dues.append(now)
+        assert dues[-1] < 50 * 1.0 + 0.1

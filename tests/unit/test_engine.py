@@ -363,6 +363,18 @@ def test_pressure_mode_probes_when_calm_and_backs_off_under_pressure(sim, fake_k
     assert fake_kernel.reclaim_calls == []
 
 
+def test_pressure_mode_samples_once_per_period(sim, fake_kernel):
+    """A calm cgroup is probed at every sample: the next check never comes before the
+    period has passed (a check just short of it would skip a whole period)."""
+    fake_kernel.tree.add("p", current=1000 * MiB)
+    sim.engine.set_targets([sim.target("p", high=None, mode="Pressure",
+                                       pressure_target_percent=1.0)])
+    fake_kernel.reclaim_calls.clear()
+    period = sim.engine.tuning.pressure_interval
+    sim.run(10 * period + period / 4)
+    assert len(fake_kernel.reclaim_calls) >= 10
+
+
 def test_swappiness_passed_when_supported(sim, fake_kernel):
     fake_kernel.tree.add("a", current=250 * MiB)
     sim.engine.set_targets([sim.target("a", swappiness=10)])

@@ -22,6 +22,8 @@ class Tuning:
     min_interval: float = 0.01      # fastest re-check of a cgroup at or above its watermark
     max_interval: float = 1.0       # an idle cgroup is still checked this often
     wake_fraction: float = 0.5      # re-check after this share of the predicted time to it
+    batch_min_interval: float = 0.5  # checks this far apart or more ...
+    batch_quantum: float = 0.1       # ... fall on a grid this fine (batched_due)
     growth_floor: float = 0.0       # bytes/s assumed even for a cgroup that looks idle. 0: a
                                     # static cgroup is looked at once per max_interval, even
                                     # just below its watermark (where page cache sits for good);
@@ -215,6 +217,21 @@ def next_check_interval(usage: int, start: int, rate: float, tuning: Tuning) -> 
         return tuning.max_interval
     eta = (start - usage) / bound
     return min(tuning.max_interval, max(tuning.min_interval, tuning.wake_fraction * eta))
+
+
+def batched_due(now: float, interval: float, tuning: Tuning) -> float:
+    """When to check next, `interval` from now: a long interval (batch_min_interval or
+    more) ends on the nearest point of the batch grid, so cgroups at rest share the
+    scheduler's wake-ups instead of waking it once each (natively a wake-up costs more
+    than the check it runs). Nearest, not up or down: a check always runs a little late,
+    so rounding up would add a quantum to every period and rounding down cut it short;
+    a check moves by at most half a quantum, and a mode's period (Pressure's sample)
+    allows for that (modes/pressure.py)."""
+    due = now + interval
+    if interval < tuning.batch_min_interval:
+        return due
+    return max(now + tuning.min_interval,
+               round(due / tuning.batch_quantum) * tuning.batch_quantum)
 
 
 def eagain_backoff(consecutive: int, tuning: Tuning) -> float:

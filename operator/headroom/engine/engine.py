@@ -369,7 +369,7 @@ class ReclaimEngine:
         if self._caps.memory_reclaim is False:
             want = 0   # kernel < 5.19: memory.high only (its ENOENT would read as "gone")
         if want == 0:
-            self._queue.schedule(key, now + interval)
+            self._queue.schedule(key, d.batched_due(now, interval, tn))
             return None
         if dry:
             st.stats.dry_run_bytes += want

@@ -22,7 +22,9 @@ class Pressure(Watermark):
         st, tn = c.st, c.tuning
         assert st.cg is not None
         prev = st.pressure_sample
-        if prev is not None and c.now - prev[0] < tn.pressure_interval:
+        # a check due at the period's end counts even when it came up to a batch quantum
+        # early (decisions.batched_due moves it by half of one)
+        if prev is not None and c.now - prev[0] < tn.pressure_interval - tn.batch_quantum:
             return 0
         total = st.cg.read_pressure().some.total_us
         st.pressure_sample = (c.now, total)
