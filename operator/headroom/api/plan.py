@@ -308,6 +308,11 @@ def validate_entry(raw: Any) -> tuple[PlanEntry | None, tuple[Problem, ...]]:
         return PlanEntry(uid=raw["uid"], namespace=raw["namespace"], name=raw["name"],
                          qos_class=raw["qosClass"], memory_high=raw["memoryHigh"],
                          dry_run=known[0], policy=known[1], reclaim=known[2]), ()
+    return _validate_and_remember(raw)
+
+
+def _validate_and_remember(raw: Any) -> tuple[PlanEntry | None, tuple[Problem, ...]]:
+    """The full check; a valid entry's settings are remembered for _known_valid."""
     entry, problems = _validate_full(raw)
     if entry is not None:
         key = _settings_key(raw)
@@ -426,7 +431,7 @@ def entry_problems(raw: Any) -> tuple[Problem, ...]:
     """Shorthand for the operator's check before a write: () when the entry is valid."""
     if _known_valid(raw) is not None:
         return ()
-    return validate_entry(raw)[1]
+    return _validate_and_remember(raw)[1]
 
 
 # ---- what the CRD must carry (used by scripts/crd-bounds and the drift test) -----------
